@@ -1,0 +1,1 @@
+"""Compiled CPU kernels (Cython), built by setup.py during `pip install -e .`."""

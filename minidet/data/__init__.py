@@ -1,0 +1,1 @@
+"""Everything between a folder of images and the model's input."""
