@@ -1,0 +1,76 @@
+"""Max pooling on the CPU: forward with argmax, backward by scattering to the argmax.
+
+Mirrors minidet/ops/cuda/maxpool.cu and the plain reference in minidet/ops/maxpool.py.
+Window (oh, ow) of an (H, W) plane covers rows [oh*sh - ph, oh*sh - ph + kh) and
+columns [ow*sw - pw, ow*sw - pw + kw), clipped to the input: padding never wins.
+argmax is the flat index h * W + w of the maximum inside its (n, c) plane; the
+first maximum in row-major order on ties, and a NaN wins (as in torch).
+
+Both kernels are parallel over the (image, channel) planes with the GIL released
+(on one thread for small inputs, where waking a second thread costs more than the
+work); in the backward a plane's overlapping windows add into that plane only, so no
+two threads write the same element.
+"""
+from cython.parallel cimport prange
+from libc.string cimport memset
+
+ctypedef fused real:
+    float
+    double
+
+# Below this many input elements, a kernel runs on the calling thread only.
+cdef Py_ssize_t PARALLEL_MIN_SIZE = 1 << 16
+
+
+def max_pool_forward(const real[:, :, :, ::1] x, int kh, int kw, int sh, int sw, int ph, int pw,
+                     real[:, :, :, ::1] y, int[:, :, :, ::1] argmax):
+    """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow); argmax its flat index in the plane.
+
+    x (N, C, H, W); y and argmax (N, C, OH, OW), OH and OW chosen by the caller.
+    Every window must hold at least one input pixel.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t plane, n, c, oh, ow, h, w, hs, he, ws, we, best_index
+    cdef real best, v
+    with nogil:
+        for plane in prange(N * C, schedule="static", use_threads_if=N * C * H * W >= PARALLEL_MIN_SIZE):
+            n = plane // C
+            c = plane % C
+            for oh in range(OH):
+                hs = oh * sh - ph
+                he = min(hs + kh, H)
+                hs = max(hs, 0)
+                for ow in range(OW):
+                    ws = ow * sw - pw
+                    we = min(ws + kw, W)
+                    ws = max(ws, 0)
+                    # The window is never empty: its first pixel starts the search.
+                    best_index = hs * W + ws
+                    best = x[n, c, hs, ws]
+                    for h in range(hs, he):
+                        for w in range(ws, we):
+                            v = x[n, c, h, w]
+                            if v > best or v != v:
+                                best = v
+                                best_index = h * W + w
+                    y[n, c, oh, ow] = best
+                    argmax[n, c, oh, ow] = <int>best_index
+
+
+def max_pool_backward(const real[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax,
+                      real[:, :, :, ::1] dx):
+    """Overwrite dx (N, C, H, W) with dL/dx: each dy[n, c, oh, ow] lands on x[n, c].flat[argmax]."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t plane, n, c, oh, ow
+    cdef real* dst
+    with nogil:
+        for plane in prange(N * C, schedule="static", use_threads_if=N * C * H * W >= PARALLEL_MIN_SIZE):
+            n = plane // C
+            c = plane % C
+            dst = &dx[n, c, 0, 0]
+            memset(dst, 0, H * W * sizeof(real))
+            for oh in range(OH):
+                for ow in range(OW):
+                    dst[argmax[n, c, oh, ow]] += dy[n, c, oh, ow]

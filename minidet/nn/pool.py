@@ -1,0 +1,31 @@
+"""Max pooling: the forward keeps the argmax, the backward routes dy through it."""
+from minidet.ops.maxpool import max_pool_backward, max_pool_forward
+from minidet.ops.im2col import pair
+
+
+class MaxPool2d:
+    """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow). Shapes: (N, C, H, W) -> (N, C, OH, OW).
+
+    Windows are kernel_size wide, `stride` apart (default: kernel_size), over an input
+    padded by `padding` that never wins. ceil_mode=True counts windows as Caffe does,
+    OH = ceil((H + 2p - k) / s) + 1 (the last window may hang over the edge but must start
+    inside the input or its left padding); VGG16 pools 2x2, stride 2, in ceil mode.
+    Backward: dL/dx[n, c, argmax] += dL/dy, every other pixel of a window gets nothing.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
+        self.padding = pair(padding, "padding")
+        self.ceil_mode = bool(ceil_mode)
+        self.params, self.grads = {}, {}
+        self.argmax = None
+        self.x_shape = None
+
+    def forward(self, x):
+        y, self.argmax = max_pool_forward(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+        self.x_shape = x.shape
+        return y
+
+    def backward(self, dy):
+        return max_pool_backward(dy, self.argmax, self.x_shape, self.kernel_size, self.stride, self.padding)

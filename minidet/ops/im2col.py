@@ -1,0 +1,129 @@
+"""im2col / col2im: the copy that turns a convolution into one matrix product.
+
+For x (N, C, H, W), a kh x kw kernel, stride (sh, sw) and zero padding (ph, pw):
+
+    cols[(c*kh + i)*kw + j, (n*OH + oh)*OW + ow] = xpad[n, c, oh*sh + i, ow*sw + j]
+    cols: (C*kh*kw, N*OH*OW),  OH = (H + 2*ph - kh) // sh + 1,  OW = (W + 2*pw - kw) // sw + 1
+
+so a convolution with weights W (F, C, kh, kw) is `W.reshape(F, -1) @ cols`, (F, N*OH*OW),
+one GEMM for the whole batch. col2im is its adjoint (transpose): it adds every column
+entry back onto the input pixel it was copied from, which is how dL/dcols becomes dL/dx.
+
+NumPy arrays go to the Cython kernels (minidet/_ext/im2col.pyx), CuPy arrays to the
+RawKernels in minidet/ops/cuda/im2col.cu; `im2col_reference` / `col2im_reference` are
+the same maps in plain NumPy, for reading and for checking on small inputs.
+"""
+import numpy as np
+
+from minidet._ext import im2col as _cpu
+from minidet.backend import get_array_module
+from minidet.ops.cuda import kernel, launch, scalar_name
+
+
+def pair(value, name="value"):
+    """(a, b) from an int or a pair of ints."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair, got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def conv_output_size(size, kernel_size, stride, padding):
+    """(size + 2*padding - kernel_size) // stride + 1, the number of window positions along one axis."""
+    span = size + 2 * padding - kernel_size
+    if span < 0:
+        raise ValueError(
+            f"a kernel of {kernel_size} does not fit an input of {size} padded by {padding}")
+    return span // stride + 1
+
+
+def _geometry(x_shape, kernel_size, stride, padding):
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(padding)
+    if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError("kernel size and stride must be >= 1 and padding >= 0, got "
+                         f"{kernel_size!r}, {stride!r}, {padding!r}")
+    n, c, h, w = x_shape
+    oh = conv_output_size(h, kh, sh, ph)
+    ow = conv_output_size(w, kw, sw, pw)
+    return (kh, kw, sh, sw, ph, pw), (oh, ow), (c * kh * kw, n * oh * ow)
+
+
+def _check_float(x):
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"im2col/col2im take float32 or float64 arrays, got {x.dtype}")
+
+
+def im2col(x, kernel_size, stride=1, padding=0, out=None):
+    """cols (C*kh*kw, N*OH*OW) of x (N, C, H, W); written into `out` when given (reused buffer)."""
+    xp = get_array_module(x)
+    _check_float(x)
+    x = xp.ascontiguousarray(x)
+    geometry, (oh, ow), cols_shape = _geometry(x.shape, kernel_size, stride, padding)
+    if out is None:
+        out = xp.empty(cols_shape, dtype=x.dtype)
+    elif out.shape != cols_shape or out.dtype != x.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {cols_shape} {x.dtype} array")
+    if xp is np:
+        _cpu.im2col(x, *geometry, out)
+    else:
+        n, c, h, w = x.shape
+        kh, kw, sh, sw, ph, pw = geometry
+        i32 = np.int32
+        launch(kernel("im2col.cu", "im2col", scalar_name(x.dtype)), out.size,
+               (x, i32(n), i32(c), i32(h), i32(w), i32(kh), i32(kw), i32(sh), i32(sw), i32(ph), i32(pw),
+                i32(oh), i32(ow), np.int64(out.size), out))
+    return out
+
+
+def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out=None):
+    """dx (N, C, H, W) = im2col's adjoint applied to cols (C*kh*kw, N*OH*OW).
+
+    dx[n, c, ih, iw] = sum of the cols entries that im2col copied from x[n, c, ih, iw].
+    Written into `out` when given.
+    """
+    xp = get_array_module(cols)
+    _check_float(cols)
+    cols = xp.ascontiguousarray(cols)
+    geometry, (oh, ow), cols_shape = _geometry(tuple(x_shape), kernel_size, stride, padding)
+    if cols.shape != cols_shape:
+        raise ValueError(f"cols must be {cols_shape} for x {tuple(x_shape)}, got {cols.shape}")
+    if out is None:
+        out = xp.empty(tuple(x_shape), dtype=cols.dtype)
+    elif tuple(out.shape) != tuple(x_shape) or out.dtype != cols.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {tuple(x_shape)} {cols.dtype} array")
+    if xp is np:
+        _cpu.col2im(cols, *geometry, out)
+    else:
+        n, c, h, w = x_shape
+        kh, kw, sh, sw, ph, pw = geometry
+        i32 = np.int32
+        launch(kernel("im2col.cu", "col2im", scalar_name(cols.dtype)), out.size,
+               (cols, i32(n), i32(c), i32(h), i32(w), i32(kh), i32(kw), i32(sh), i32(sw), i32(ph), i32(pw),
+                i32(oh), i32(ow), np.int64(out.size), out))
+    return out
+
+
+def im2col_reference(x, kernel_size, stride=1, padding=0):
+    """im2col in plain NumPy: one strided slice of the padded input per kernel tap (i, j)."""
+    (kh, kw, sh, sw, ph, pw), (oh, ow), cols_shape = _geometry(x.shape, kernel_size, stride, padding)
+    n, c = x.shape[:2]
+    xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols = np.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            taps = xpad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]      # (N, C, OH, OW)
+            cols[:, i, j] = taps.transpose(1, 0, 2, 3)
+    return cols.reshape(cols_shape)
+
+
+def col2im_reference(cols, x_shape, kernel_size, stride=1, padding=0):
+    """col2im in plain NumPy: each tap's slice is added back where im2col_reference took it."""
+    (kh, kw, sh, sw, ph, pw), (oh, ow), _ = _geometry(tuple(x_shape), kernel_size, stride, padding)
+    n, c, h, w = x_shape
+    taps = cols.reshape(c, kh, kw, n, oh, ow)
+    dxpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dxpad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += taps[:, i, j].transpose(1, 0, 2, 3)
+    return dxpad[:, :, ph:ph + h, pw:pw + w]
