@@ -1,0 +1,263 @@
+"""The whole VGG16 Fast R-CNN on the CPU, minidet against the same network in torch, side by side.
+
+    python benchmarks/bench_model.py --repeat 2 [--threads 2] [--profile] [--svd]
+
+Two workloads, the paper's shapes at a reduced image size:
+- train step: 2 images of 224x320, 128 RoIs, forward + loss + backward (conv3_1 and above trained);
+- test forward: 1 image of 320x480, 1000 RoIs.
+The torch network is built from torch.nn.functional (conv2d, relu, max_pool2d with ceil_mode,
+linear, dropout) and torchvision.ops.roi_pool, with minidet's weights, on the same thread count.
+The ratios (minidet time / torch time; below 1 means minidet is faster) go to
+benchmarks/results/bench_model.json. --profile adds minidet's time per layer (forward and
+backward) and torch's time per operator; --svd adds the truncated-SVD report of the test forward
+(fc6 rank 1024, fc7 rank 256: fc time before and after, change of the outputs).
+"""
+import argparse
+import os
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import machine_info, time_call, write_json  # noqa: E402
+from minidet.losses import fast_rcnn_loss  # noqa: E402
+from minidet.models.fast_rcnn import FastRCNN  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_model.json")
+
+
+def parse_size(text):
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def random_rois(rng, num_rois, num_images, height, width):
+    """(R, 5) float32 [batch index, x1, y1, x2, y2]: boxes of 16 px up to the whole image."""
+    x1 = rng.uniform(0, width - 16, num_rois)
+    y1 = rng.uniform(0, height - 16, num_rois)
+    x2 = np.minimum(x1 + rng.uniform(16, width, num_rois), width - 1)
+    y2 = np.minimum(y1 + rng.uniform(16, height, num_rois), height - 1)
+    batch = np.sort(rng.integers(0, num_images, num_rois))
+    return np.stack([batch, x1, y1, x2, y2], axis=1).astype(np.float32)
+
+
+def training_targets(rng, num_rois, num_classes):
+    labels = rng.integers(0, num_classes, num_rois)
+    labels[: num_rois * 3 // 4] = 0            # 25% foreground, as the sampler draws them
+    bbox_targets = rng.standard_normal((num_rois, 4 * num_classes)).astype(np.float32)
+    bbox_weights = np.zeros((num_rois, 4 * num_classes), np.float32)
+    columns = 4 * labels[:, None] + np.arange(4)
+    bbox_weights[np.arange(num_rois)[:, None], columns] = labels[:, None] > 0
+    return labels, bbox_targets, bbox_weights
+
+
+# ---- minidet ---------------------------------------------------------------------------------
+
+def minidet_train_step(model, images, rois, targets):
+    cls_score, bbox_pred = model.forward(images, rois, train=True)
+    loss, dcls, dbbox = fast_rcnn_loss(cls_score, bbox_pred, *targets)
+    model.backward(dcls, dbbox)
+    return float(loss)
+
+
+class LayerTimer:
+    """Wraps every layer's forward and backward to add up wall time per (layer, direction)."""
+
+    def __init__(self, model):
+        self.seconds = defaultdict(float)
+        self.originals = []
+        for name, layer in model.named_layers():
+            for direction in ("forward", "backward"):
+                original = getattr(layer, direction)
+                self.originals.append((layer, direction))
+                setattr(layer, direction, self.timed(name, direction, original))
+
+    def timed(self, name, direction, fn):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self.seconds[f"{name}.{direction}"] += time.perf_counter() - start
+            return out
+        return call
+
+    def remove(self):
+        for layer, direction in self.originals:
+            delattr(layer, direction)   # back to the class's method
+
+    def table(self, runs):
+        total = sum(self.seconds.values())
+        rows = sorted(self.seconds.items(), key=lambda kv: -kv[1])
+        return {"total_s": total / runs,
+                "per_layer_s": {k: v / runs for k, v in rows},
+                "share": {k: v / total for k, v in rows}}
+
+
+# ---- torch -----------------------------------------------------------------------------------
+
+class TorchFastRCNN:
+    """The same network in torch.nn.functional, holding copies of a minidet model's parameters."""
+
+    def __init__(self, model, torch, torchvision):
+        self.torch, self.F, self.roi_pool = torch, torch.nn.functional, torchvision.ops.roi_pool
+        trained = {k.split(".")[0] for k in model.trainable_params()}
+        self.params = {k: torch.from_numpy(v.copy()).requires_grad_(k.split(".")[0] in trained)
+                       for k, v in model.state_dict().items()}
+        self.dropout = model.dropout
+
+    def forward(self, images, rois, train):
+        F, p = self.F, self.params
+        x = images
+        for stage, count in enumerate((2, 2, 3, 3, 3), 1):
+            for i in range(1, count + 1):
+                name = f"conv{stage}_{i}"
+                x = F.relu(F.conv2d(x, p[name + ".weight"], p[name + ".bias"], padding=1))
+            if stage < 5:
+                x = F.max_pool2d(x, 2, 2, ceil_mode=True)
+        x = self.roi_pool(x, rois, (7, 7), 1 / 16).flatten(1)
+        x = F.dropout(F.relu(F.linear(x, p["fc6.weight"], p["fc6.bias"])), self.dropout, train)
+        x = F.dropout(F.relu(F.linear(x, p["fc7.weight"], p["fc7.bias"])), self.dropout, train)
+        return (F.linear(x, p["cls_score.weight"], p["cls_score.bias"]),
+                F.linear(x, p["bbox_pred.weight"], p["bbox_pred.bias"]))
+
+    def train_step(self, images, rois, labels, bbox_targets, bbox_weights):
+        for t in self.params.values():
+            t.grad = None
+        cls_score, bbox_pred = self.forward(images, rois, train=True)
+        loss = (self.F.cross_entropy(cls_score, labels)
+                + (bbox_weights * self.F.smooth_l1_loss(bbox_pred, bbox_targets, reduction="none", beta=1.0)).sum()
+                / len(rois))
+        loss.backward()
+        return float(loss.detach())
+
+    def test_forward(self, images, rois):
+        with self.torch.no_grad():
+            return self.forward(images, rois, train=False)
+
+
+def torch_profile(torch, fn, runs):
+    """Self CPU time per torch operator, seconds per run, largest first (top 15)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(runs):
+            fn()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:15]
+    return {e.key: e.self_cpu_time_total / 1e6 / runs for e in rows}
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=2, help="timed runs per measurement (median; default 2)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for BLAS, OpenMP and torch")
+    parser.add_argument("--train-size", type=parse_size, default=(224, 320), help="HxW of the 2 training images")
+    parser.add_argument("--train-rois", type=int, default=128)
+    parser.add_argument("--test-size", type=parse_size, default=(320, 480), help="HxW of the test image")
+    parser.add_argument("--test-rois", type=int, default=1000)
+    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (1: VGG16)")
+    parser.add_argument("--fc-dim", type=int, default=4096)
+    parser.add_argument("--profile", action="store_true", help="time minidet per layer and torch per operator")
+    parser.add_argument("--svd", action="store_true", help="truncated-SVD report on the test forward")
+    parser.add_argument("--no-torch", action="store_true", help="time minidet alone")
+    parser.add_argument("--out", default=RESULTS, help=f"JSON output (default {RESULTS})")
+    args = parser.parse_args(argv)
+
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=args.threads)   # BLAS and OpenMP alike
+    torch = torchvision = None
+    if not args.no_torch:
+        try:
+            import torch
+            import torchvision.ops  # noqa: F401
+
+            torch.set_num_threads(args.threads)
+            torchvision = sys.modules["torchvision"]
+        except ImportError as err:
+            print(f"torch/torchvision unavailable ({err}): timing minidet alone")
+            torch = None
+
+    rng = np.random.default_rng(0)
+    model = FastRCNN(num_classes=21, width=args.width, fc_dim=args.fc_dim, seed=0)
+    (th, tw), (sh, sw) = args.train_size, args.test_size
+    train_images = rng.standard_normal((2, 3, th, tw)).astype(np.float32)
+    train_rois = random_rois(rng, args.train_rois, 2, th, tw)
+    targets = training_targets(rng, args.train_rois, model.num_classes)
+    test_images = rng.standard_normal((1, 3, sh, sw)).astype(np.float32)
+    test_rois = random_rois(rng, args.test_rois, 1, sh, sw)
+
+    results = {"machine": machine_info(args.threads), "repeat": args.repeat,
+               "network": {"width": args.width, "fc_dim": args.fc_dim, "trainable_from": model.trainable_from},
+               "train_step": {"images": [2, 3, th, tw], "rois": args.train_rois},
+               "test_forward": {"images": [1, 3, sh, sw], "rois": args.test_rois}}
+    print(f"minidet train step ({2}x3x{th}x{tw}, {args.train_rois} RoIs) ...", flush=True)
+    results["train_step"]["minidet"] = time_call(
+        lambda: minidet_train_step(model, train_images, train_rois, targets), repeat=args.repeat)
+    print(f"minidet test forward (1x3x{sh}x{sw}, {args.test_rois} RoIs) ...", flush=True)
+    results["test_forward"]["minidet"] = time_call(
+        lambda: model.forward(test_images, test_rois), repeat=args.repeat)
+
+    if torch is not None:
+        net = TorchFastRCNN(model, torch, torchvision)
+        t_train = [torch.from_numpy(train_images), torch.from_numpy(train_rois), torch.from_numpy(targets[0]),
+                   torch.from_numpy(targets[1]), torch.from_numpy(targets[2])]
+        t_test = torch.from_numpy(test_images), torch.from_numpy(test_rois)
+        print("torch train step ...", flush=True)
+        results["train_step"]["torch"] = time_call(lambda: net.train_step(*t_train), repeat=args.repeat)
+        print("torch test forward ...", flush=True)
+        results["test_forward"]["torch"] = time_call(lambda: net.test_forward(*t_test), repeat=args.repeat)
+        for work in ("train_step", "test_forward"):
+            entry = results[work]
+            entry["ratio_minidet_over_torch"] = entry["minidet"]["median_s"] / entry["torch"]["median_s"]
+        results["targets"] = {"train_step": 1.3, "test_forward": 1.2}
+
+    if args.profile:
+        print("profiling ...", flush=True)
+        timer = LayerTimer(model)
+        for _ in range(args.repeat):
+            minidet_train_step(model, train_images, train_rois, targets)
+        results["train_step"]["minidet_layers"] = timer.table(args.repeat)
+        timer.seconds.clear()
+        for _ in range(args.repeat):
+            model.forward(test_images, test_rois)
+        results["test_forward"]["minidet_layers"] = timer.table(args.repeat)
+        timer.remove()
+        if torch is not None:
+            results["train_step"]["torch_ops"] = torch_profile(torch, lambda: net.train_step(*t_train), args.repeat)
+            results["test_forward"]["torch_ops"] = torch_profile(torch, lambda: net.test_forward(*t_test),
+                                                                 args.repeat)
+
+    if args.svd:
+        print("truncated SVD of fc6 (rank 1024) and fc7 (rank 256) ...", flush=True)
+        start = time.perf_counter()
+        report = model.compress(fc6_rank=1024, fc7_rank=256, images=test_images, rois=test_rois,
+                                repeat=args.repeat)
+        report["compress_s"] = time.perf_counter() - start   # factorisation and the timing runs
+        report["test_forward_after"] = time_call(lambda: model.forward(test_images, test_rois), repeat=args.repeat)
+        results["svd"] = report
+
+    write_json(args.out, results)
+    for work in ("train_step", "test_forward"):
+        entry = results[work]
+        line = f"{work:<13} minidet {entry['minidet']['median_s']:.3f} s"
+        if "torch" in entry:
+            line += f"   torch {entry['torch']['median_s']:.3f} s   ratio {entry['ratio_minidet_over_torch']:.2f}"
+        print(line)
+        if "minidet_layers" in entry:
+            for name, seconds in list(entry["minidet_layers"]["per_layer_s"].items())[:12]:
+                print(f"    {name:<22} {seconds * 1000:8.1f} ms  {entry['minidet_layers']['share'][name]:5.1%}")
+    if "svd" in results:
+        r = results["svd"]
+        print(f"svd: fc part {r['fc_seconds_before'] * 1000:.1f} -> {r['fc_seconds_after'] * 1000:.1f} ms "
+              f"({r['fc_speedup']:.2f}x; multiply-adds {r['fc_macs_ratio']:.2f}x), test forward "
+              f"{r['test_forward_after']['median_s']:.3f} s, max score change {r['max_abs_score_change']:.2e}, "
+              f"top class kept {r['top_class_agreement']:.1%}, energy kept fc6 {r['fc6']['energy_kept']:.3f} "
+              f"fc7 {r['fc7']['energy_kept']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The Fast R-CNN network: VGG16 trunk, RoI pooling, two fully connected layers, two heads.
+
+    images (N, 3, H, W) -> conv1_1 .. relu5_3 (N, C5, H/16, W/16) -> roi_pool5 (R, C5, 7, 7)
+      -> flatten (R, 49 C5) -> fc6, relu6, drop6 -> fc7, relu7, drop7 (R, D)
+      -> cls_score (R, K+1) and bbox_pred (R, 4(K+1)), both reading fc7's output.
+
+The forward runs `self.layers` in order and then the two heads; the backward adds the two heads'
+input gradients (both read fc7's output) and runs the same list in reverse, down to the lowest
+trained layer and no further: layers below it are frozen and cost no backward work at all, and
+the lowest trained layer itself computes no input gradient. The paper trains conv3_1 and above.
+"""
+import numpy as np
+
+from minidet.backend import asnumpy, get_array_module, to_device
+from minidet.boxes import bbox_transform_inv, clip_boxes
+from minidet.models.svd import compress_fast_rcnn
+from minidet.models.vgg16 import FEATURE_STRIDE, conv_names, vgg16_channels, vgg16_layers
+from minidet.nn.activation import ReLU
+from minidet.nn.dropout import Dropout
+from minidet.nn.linear import Linear
+from minidet.nn.reshape import Flatten
+from minidet.nn.roi_pool import RoIPool
+
+POOLED_SIZE = (7, 7)
+CLS_SCORE_STD = 0.01    # the paper's initialisation of the new layers
+BBOX_PRED_STD = 0.001
+
+
+class FastRCNN:
+    """VGG16 Fast R-CNN with hand-written forward and backward.
+
+    num_classes: K+1, background included (21 for VOC).
+    width: multiplier of the trunk's channels (1.0: VGG16's 64 .. 512); fc_dim: width of fc6 and fc7.
+    trainable_from: the lowest trained layer ("conv3_1" as in the paper; any conv name, "fc6",
+        "fc7" or "cls_score"); every layer below it is frozen.
+    dropout: probability of dropping a unit after fc6 and after fc7 (training only).
+    dtype: float32, or float64 for gradient checks. seed: initialisation and dropout masks.
+    New layers start as the paper's: cls_score ~ N(0, 0.01^2), bbox_pred ~ N(0, 0.001^2), biases 0;
+    the convolutions, fc6 and fc7 take He's N(0, sqrt(2 / fan_in)) until weights are loaded.
+    """
+
+    def __init__(self, num_classes=21, width=1.0, fc_dim=4096, trainable_from="conv3_1",
+                 dtype=np.float32, seed=0, dropout=0.5):
+        rng = np.random.default_rng(seed)
+        self.num_classes, self.width, self.fc_dim = int(num_classes), float(width), int(fc_dim)
+        self.dropout, self.dtype = float(dropout), np.dtype(dtype)
+        channels = vgg16_channels(width)[-1]
+        self.roi_pool = RoIPool(output_size=POOLED_SIZE, spatial_scale=1.0 / FEATURE_STRIDE)
+        self.layers = vgg16_layers(width, dtype, rng) + [
+            ("roi_pool5", self.roi_pool),
+            ("flatten", Flatten()),
+            ("fc6", Linear(channels * POOLED_SIZE[0] * POOLED_SIZE[1], fc_dim, dtype=dtype, rng=rng)),
+            ("relu6", ReLU()),
+            ("drop6", Dropout(dropout, seed=int(rng.integers(2 ** 31)))),
+            ("fc7", Linear(fc_dim, fc_dim, dtype=dtype, rng=rng)),
+            ("relu7", ReLU()),
+            ("drop7", Dropout(dropout, seed=int(rng.integers(2 ** 31)))),
+        ]
+        self.cls_score = Linear(fc_dim, num_classes, dtype=dtype, rng=rng)
+        self.bbox_pred = Linear(fc_dim, 4 * num_classes, dtype=dtype, rng=rng)
+        for layer, std in ((self.cls_score, CLS_SCORE_STD), (self.bbox_pred, BBOX_PRED_STD)):
+            layer.params["weight"][...] = rng.normal(0.0, std, layer.params["weight"].shape)
+            layer.params["bias"][...] = 0
+        self.set_trainable_from(trainable_from)
+
+    @classmethod
+    def small(cls, num_classes=21, width=0.125, fc_dim=256, trainable_from="conv1_1", **kw):
+        """The narrow preset that trains from scratch on a CPU: channels 8, 16, 32, 64, 64,
+        fc6/fc7 of 256, every layer trained. Any argument of FastRCNN may be overridden."""
+        return cls(num_classes, width=width, fc_dim=fc_dim, trainable_from=trainable_from, **kw)
+
+    @property
+    def config(self):
+        """The constructor arguments that rebuild this network's structure (for checkpoints)."""
+        return {"num_classes": self.num_classes, "width": self.width, "fc_dim": self.fc_dim,
+                "trainable_from": self.trainable_from, "dropout": self.dropout}
+
+    # -- structure --------------------------------------------------------------------------
+
+    def named_layers(self):
+        """[(name, layer)] of the whole network in forward order, the two heads last."""
+        return self.layers + [("cls_score", self.cls_score), ("bbox_pred", self.bbox_pred)]
+
+    def layer(self, name):
+        """The layer called `name` ("conv3_1", "fc6", "cls_score", ...); KeyError if there is none."""
+        for layer_name, layer in self.named_layers():
+            if layer_name == name:
+                return layer
+        raise KeyError(f"no layer {name!r}; layers: {[n for n, _ in self.named_layers()]}")
+
+    def replace_layer(self, name, new_layer):
+        """Put new_layer in the place of layer `name` (same name), keeping the trained range."""
+        index = [n for n, _ in self.layers].index(name)
+        self.layers[index] = (name, new_layer)
+        self.set_trainable_from(self.trainable_from)
+
+    def set_trainable_from(self, name):
+        """Train `name` and everything above it; freeze everything below.
+
+        Layers below: frozen (no parameter gradients) and no input gradient, so the backward never
+        reaches them. The lowest trained layer: parameter gradients, but no input gradient.
+        """
+        names = [n for n, _ in self.named_layers()]
+        trainable_names = conv_names() + ("fc6", "fc7", "cls_score")
+        if name not in trainable_names:
+            raise ValueError(f"trainable_from must be one of {trainable_names}, got {name!r}")
+        self.trainable_from = name
+        self.lowest_trained = names.index(name)
+        heads_start = len(self.layers)
+        for index, (layer_name, layer) in enumerate(self.named_layers()):
+            if not hasattr(layer, "frozen"):   # no parameters (ReLU, pools, dropout, reshape)
+                continue
+            layer.frozen = index < self.lowest_trained
+            # the heads both read fc7: when they are the lowest trained layers, neither needs dx
+            lowest = index == self.lowest_trained or (index >= heads_start and self.lowest_trained >= heads_start)
+            layer.needs_input_grad = not (layer.frozen or lowest)
+            if layer.frozen:
+                layer.grads = {}
+
+    def trainable_layers(self):
+        """[(name, layer)] of the trained layers that have parameters, in forward order."""
+        return [(n, layer) for i, (n, layer) in enumerate(self.named_layers())
+                if i >= self.lowest_trained and layer.params]
+
+    # -- forward and backward --------------------------------------------------------------
+
+    def run_layers(self, x, rois=None, train=False, start=None, stop=None):
+        """Run self.layers from `start` to `stop` (names, both included; default: all) on x."""
+        names = [n for n, _ in self.layers]
+        first = names.index(start) if start else 0
+        last = names.index(stop) if stop else len(names) - 1
+        for name, layer in self.layers[first:last + 1]:
+            if layer is self.roi_pool:
+                x = layer.forward(x, rois)           # each RoI's 7x7 cells of its image's map
+            elif isinstance(layer, Dropout):
+                x = layer.forward(x, train=train)
+            else:
+                x = layer.forward(x)
+        return x
+
+    def forward(self, images, rois, train=False):
+        """images (N, 3, H, W), rois (R, 5) [batch index, x1, y1, x2, y2] in image pixels
+        -> cls_score (R, K+1), bbox_pred (R, 4(K+1)). train=True draws dropout masks."""
+        xp = get_array_module(images)
+        x = self.run_layers(images, xp.asarray(rois), train)
+        return self.cls_score.forward(x), self.bbox_pred.forward(x)
+
+    def backward(self, dcls_score, dbbox_pred):
+        """Fill every trained layer's grads from dL/dcls_score (R, K+1) and dL/dbbox_pred (R, 4(K+1))."""
+        dx = self.cls_score.backward(dcls_score)
+        dx_bbox = self.bbox_pred.backward(dbbox_pred)
+        if dx is None:                  # only the heads are trained
+            return
+        dx += dx_bbox                   # both heads read fc7's output: their gradients add
+        for name, layer in reversed(self.layers[self.lowest_trained:]):
+            dx = layer.backward(dx)     # the lowest trained layer returns None
+
+    def grads(self):
+        """{"conv3_1.weight": gradient, ...} of the trained parameters, after backward."""
+        return {f"{name}.{key}": grad for name, layer in self.trainable_layers()
+                for key, grad in layer.grads.items()}
+
+    def trainable_params(self):
+        """{"conv3_1.weight": array, ...}: the trained parameters themselves (updated in place)."""
+        return {f"{name}.{key}": value for name, layer in self.trainable_layers()
+                for key, value in layer.params.items()}
+
+    # -- parameters --------------------------------------------------------------------------
+
+    def params(self):
+        """{"conv1_1.weight": array, ...} of every parameter, the arrays themselves, in layer order."""
+        return {f"{name}.{key}": value for name, layer in self.named_layers()
+                for key, value in layer.params.items()}
+
+    def state_dict(self):
+        """{"conv1_1.weight": numpy array, ..., "bbox_pred.bias": ...}: copies, on the CPU."""
+        return {name: np.array(asnumpy(value)) for name, value in self.params().items()}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays into the parameters (in place, cast to the model's dtype and device).
+
+        strict=True: the keys must be exactly the model's. strict=False: parameters missing from
+        state_dict keep their current values (e.g. ImageNet weights hold no cls_score/bbox_pred).
+        Keys the model lacks and arrays of the wrong shape are errors either way; the error names
+        every such key. Returns the sorted names of the parameters left as they were.
+        """
+        params = self.params()
+        missing = sorted(k for k in params if k not in state_dict)
+        extra = sorted(k for k in state_dict if k not in params)
+        wrong = sorted(f"{k}: {tuple(np.shape(state_dict[k]))} given, {tuple(params[k].shape)} expected"
+                       for k in params if k in state_dict and tuple(np.shape(state_dict[k])) != tuple(params[k].shape))
+        problems = []
+        if missing and strict:
+            problems.append(f"missing keys: {', '.join(missing)}")
+        if extra:
+            problems.append(f"unexpected keys: {', '.join(extra)}")
+        if wrong:
+            problems.append(f"wrong shapes: {'; '.join(wrong)}")
+        if problems:
+            raise KeyError("state dict does not fit this FastRCNN ("
+                           f"num_classes={self.num_classes}, width={self.width:g}, fc_dim={self.fc_dim}): "
+                           + " | ".join(problems))
+        for name, value in state_dict.items():
+            target = params[name]
+            target[...] = get_array_module(target).asarray(value, dtype=target.dtype)
+        return missing
+
+    def to(self, device):
+        """Move every parameter to 'cpu' (numpy) or 'gpu' (cupy); returns self."""
+        for _, layer in self.named_layers():
+            for key, value in layer.params.items():
+                layer.params[key] = to_device(value, device)
+            layer.grads = {}
+        return self
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def predict(self, images, rois, image_size, dedup=False):
+        """Class probabilities and one box per class for each RoI, as the paper tests.
+
+        images (1, 3, H, W), rois (R, 5), image_size (H, W) of the image inside the blob
+        -> scores (R, K+1) = softmax(cls_score), boxes (R, 4(K+1)) = rois[:, 1:5] moved by bbox_pred
+        (raw deltas: a trained model's normalisation is folded into bbox_pred) and clipped to
+        [0, W-1] x [0, H-1]. dedup=True computes RoIs that pool the same feature cells once
+        (identical outputs; each RoI still decodes its own box).
+        """
+        xp = get_array_module(images)
+        rois = xp.asarray(rois)
+        if dedup:
+            unique, inverse = unique_pooled_rois(rois, self.dtype)
+            cls_score, bbox_pred = self.forward(images, rois[unique])
+            cls_score, bbox_pred = cls_score[inverse], bbox_pred[inverse]
+        else:
+            cls_score, bbox_pred = self.forward(images, rois)
+        exp = xp.exp(cls_score - cls_score.max(axis=1, keepdims=True))
+        scores = exp / exp.sum(axis=1, keepdims=True)
+        boxes = clip_boxes(bbox_transform_inv(rois[:, 1:5], bbox_pred), image_size)
+        return scores, boxes
+
+    def compress(self, fc6_rank=1024, fc7_rank=256, images=None, rois=None, repeat=3):
+        """Truncated SVD of fc6 and fc7 (paper 3.1); a report dict. See minidet.models.svd."""
+        return compress_fast_rcnn(self, fc6_rank, fc7_rank, images, rois, repeat)
+
+
+def unique_pooled_rois(rois, dtype=np.float32):
+    """Indices of the distinct RoIs as RoI pooling sees them, and each RoI's representative.
+
+    Two RoIs of one image pool the same cells when C's round(corner / 16) (halves away from
+    zero, in the array's float type) agree. rois (R, 5) -> unique (U,) indices, inverse (R,) into them.
+    """
+    xp = get_array_module(rois)
+    dtype = np.dtype(dtype)
+    scaled = rois[:, 1:5].astype(dtype) * dtype.type(1.0 / FEATURE_STRIDE)
+    magnitude = xp.abs(scaled)
+    cells = xp.sign(scaled) * (xp.floor(magnitude) + (magnitude - xp.floor(magnitude) >= 0.5))
+    keys = xp.concatenate([rois[:, :1].astype(xp.int64), cells.astype(xp.int64)], axis=1)
+    keys = keys - keys.min(axis=0)     # non-negative, so that the fields pack without overlap
+    span = int(asnumpy(keys.max())) + 1
+    packed = keys[:, 0]
+    for column in range(1, 5):
+        packed = packed * span + keys[:, column]
+    _, unique, inverse = xp.unique(packed, return_index=True, return_inverse=True)
+    return unique, inverse.reshape(-1)
+
+
+def fold_bbox_normalization(state_dict, means, stds):
+    """A new state dict whose bbox_pred predicts raw deltas: W' = W x std, b' = b x std + mean.
+
+    The network is trained on targets (t - mean) / std; saving the folded layer lets every user of
+    the model decode its output directly. means, stds: 4 values (one per coordinate, the same for
+    every class) or 4(K+1) values. Other entries are shared with state_dict, not copied.
+    """
+    weight, bias = np.asarray(state_dict["bbox_pred.weight"]), np.asarray(state_dict["bbox_pred.bias"])
+    rows = weight.shape[0]
+
+    def per_row(values, what):
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if values.size == 4:
+            values = np.tile(values, rows // 4)
+        if values.size != rows:
+            raise ValueError(f"{what} needs 4 or {rows} values, got {values.size}")
+        return values
+
+    means, stds = per_row(means, "means"), per_row(stds, "stds")
+    folded = dict(state_dict)
+    folded["bbox_pred.weight"] = (weight * stds[:, None]).astype(weight.dtype)
+    folded["bbox_pred.bias"] = (bias * stds + means).astype(bias.dtype)
+    return folded

@@ -1,0 +1,91 @@
+"""VGG16's convolutional trunk (Simonyan & Zisserman 2015, configuration D), as Fast R-CNN uses it.
+
+    conv1_1 conv1_2 pool1 | conv2_1 conv2_2 pool2 | conv3_1 conv3_2 conv3_3 pool3 |
+    conv4_1 conv4_2 conv4_3 pool4 | conv5_1 conv5_2 conv5_3            (each conv: 3x3, pad 1, + ReLU)
+
+pool5 is left out: Fast R-CNN puts RoI pooling in its place. The four max-pools are 2x2, stride 2,
+and round their output size up as Caffe's do (out = ceil((in - 2) / 2) + 1), so a 600x1000 image
+gives a 38x63 conv5_3 map, stride 16. `width` scales every layer's channels (64, 128, 256, 512, 512
+at width 1) for the narrow networks that train from scratch on a CPU.
+"""
+import numpy as np
+
+from minidet.backend import asnumpy
+from minidet.nn.activation import ReLU
+from minidet.nn.conv import Conv2d
+from minidet.nn.pool import MaxPool2d
+
+# (channels at width 1, number of 3x3 convolutions) of the five stages
+VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+FEATURE_STRIDE = 16
+
+
+def vgg16_channels(width=1.0):
+    """Channels of the five stages at this width: (64, 128, 256, 512, 512) x width, rounded, >= 1."""
+    return tuple(max(1, int(round(channels * width))) for channels, _ in VGG16_STAGES)
+
+
+def conv_names():
+    """("conv1_1", "conv1_2", "conv2_1", ..., "conv5_3"): Caffe's names, in order."""
+    return tuple(f"conv{stage}_{i}" for stage, (_, count) in enumerate(VGG16_STAGES, 1)
+                 for i in range(1, count + 1))
+
+
+def conv_output_size(size):
+    """conv5_3's (H, W) for an input of `size` (H, W): four Caffe pools, out = ceil((in - 2) / 2) + 1."""
+    h, w = size
+    for _ in range(4):
+        h, w = -(-(h - 2) // 2) + 1, -(-(w - 2) // 2) + 1
+    return h, w
+
+
+def vgg16_layers(width=1.0, dtype=np.float32, rng=None):
+    """[(name, layer)] of the trunk, in order: conv1_1, relu1_1, conv1_2, relu1_2, pool1, ..., relu5_3.
+
+    The convolutions take the default He initialisation, N(0, sqrt(2 / fan_in)), bias 0, from rng.
+    """
+    rng = np.random.default_rng(rng)
+    layers = []
+    in_channels = 3
+    for stage, (channels, (_, count)) in enumerate(zip(vgg16_channels(width), VGG16_STAGES), 1):
+        for i in range(1, count + 1):
+            layers.append((f"conv{stage}_{i}", Conv2d(in_channels, channels, 3, stride=1, padding=1,
+                                                      dtype=dtype, rng=rng)))
+            layers.append((f"relu{stage}_{i}", ReLU()))
+            in_channels = channels
+        if stage < len(VGG16_STAGES):
+            layers.append((f"pool{stage}", MaxPool2d(2, stride=2, ceil_mode=True)))
+    return layers
+
+
+class VGG16:
+    """The trunk on its own: images (N, 3, H, W) -> conv5_3 features after ReLU (N, C5, H', W'),
+    H' x W' = conv_output_size((H, W)), C5 = 512 x width.
+
+    `layers` is the list of (name, layer); forward runs it, backward runs it in reverse and stops
+    at the first layer that returns no input gradient (needs_input_grad = False).
+    """
+
+    feature_stride = FEATURE_STRIDE
+
+    def __init__(self, width=1.0, dtype=np.float32, rng=None):
+        self.width = width
+        self.layers = vgg16_layers(width, dtype, rng)
+        self.out_channels = vgg16_channels(width)[-1]
+
+    def forward(self, x):
+        for _, layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy):
+        for _, layer in reversed(self.layers):
+            dy = layer.backward(dy)
+            if dy is None:
+                break
+        return dy
+
+    def state_dict(self):
+        """{"conv1_1.weight": numpy array, ...}: copies of the trunk's parameters."""
+        return {f"{name}.{key}": np.array(asnumpy(value)) for name, layer in self.layers
+                for key, value in layer.params.items()}
