@@ -1,0 +1,221 @@
+"""RoI max pooling on the CPU, exactly as the original Fast R-CNN layer.
+
+For each RoI r = [n, x1, y1, x2, y2] (image pixels) and scale s:
+
+    start_w = round(x1 * s), end_w = round(x2 * s)         C round (halves away from zero),
+    start_h = round(y1 * s), end_h = round(y2 * s)         products in the array's float type
+    roi_w = max(end_w - start_w + 1, 1),  bin_w = roi_w / PW   (likewise h)
+    bin (ph, pw) = rows [floor(ph bin_h), ceil((ph+1) bin_h)) + start_h, clipped to [0, H]
+                   cols [floor(pw bin_w), ceil((pw+1) bin_w)) + start_w, clipped to [0, W]
+    y[r, c, ph, pw] = max of x[n, c] over the bin (0 when the bin is empty)
+    argmax[r, c, ph, pw] = h * W + w of the first maximum in row-major order (-1 when empty)
+
+Forward: the map is first copied to NHWC, so that one feature cell holds all C channels
+contiguously. A RoI's bin edges are computed once (not once per channel), and every bin then
+runs a max over whole channel rows: `for c: if v[c] > m[c]: m[c] = v[c]; i[c] = idx`, written
+branch-free so that the compiler turns it into SIMD compares and blends (float32; the float64
+loop stays scalar). The (bin, channel) result of one RoI is then transposed into y[r]
+(C, PH*PW), four channels at a time. Parallel over RoIs: each thread writes whole y[r].
+
+Backward: dx[n, c].flat[argmax[r, c, b]] += dy[r, c, b] for every RoI r of image n and bin b.
+Parallel over blocks of channels: a thread owns dx[:, c0:c1] and walks all RoIs, so no two
+threads ever add into the same element and no atomics are needed. Each position sums its
+contributions in the order (r, b), the order of the plain reference (np.add.at), so the two
+agree bit for bit.
+"""
+from cython.parallel cimport parallel, prange
+from libc.math cimport ceil, floor, round
+from libc.stdlib cimport free, malloc
+
+import numpy as np
+
+ctypedef fused real:
+    float
+    double
+
+cdef enum:
+    # Channels per backward task. Measured on 2000 RoIs over (2, 512, 38, 63), 2 threads: blocks of
+    # 16, 32 and 64 channels take the same time, 8 takes 1.3x as long and 4 1.8x (more passes over
+    # the RoIs, shorter reads of dy); parallel over RoIs with atomic adds takes 5.5x as long.
+    BACKWARD_CHANNEL_BLOCK = 32
+
+
+cdef inline int clip_int(int v, int lo, int hi) noexcept nogil:
+    return lo if v < lo else (hi if v > hi else v)
+
+
+cdef inline void bin_edges(real first, real last, real scale, int pooled, int size,
+                           int* lo, int* hi) noexcept nogil:
+    """Edges [lo[p], hi[p]) of the `pooled` bins of one RoI along one axis, as the original layer."""
+    # The product is taken in `real` (float for float32 maps) and C's round() then rounds
+    # halves away from zero: 0.5 -> 1, -0.5 -> -1.
+    cdef int start = <int> round(first * scale)
+    cdef int end = <int> round(last * scale)
+    cdef int length = end - start + 1
+    cdef real bin_size
+    cdef int p
+    if length < 1:
+        length = 1
+    bin_size = <real> length / <real> pooled
+    for p in range(pooled):
+        lo[p] = clip_int(<int> floor(<real> p * bin_size) + start, 0, size)
+        hi[p] = clip_int(<int> ceil(<real> (p + 1) * bin_size) + start, 0, size)
+
+
+def nchw_to_nhwc(const real[:, :, :, ::1] x, real[:, :, :, ::1] out):
+    """out[n, h, w, c] = x[n, c, h, w]; parallel over the rows (n, h) of out."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t row, n, h, c, w
+    cdef const real* src
+    cdef real* dst
+    if N * C * H * W == 0:
+        return
+    with nogil:
+        for row in prange(N * H, schedule="static"):
+            n = row // H
+            h = row % H
+            dst = &out[n, h, 0, 0]
+            for c in range(C):
+                src = &x[n, c, h, 0]
+                for w in range(W):
+                    dst[w * C + c] = src[w]
+
+
+cdef void pool_one_roi(const real* xn, int W, int C, int pooled_h, int pooled_w,
+                       const int* h_lo, const int* h_hi, const int* w_lo, const int* w_hi,
+                       real* values, int* indices) noexcept nogil:
+    """Max of every bin of one RoI over all channels: values, indices (PH*PW, C); xn = x_nhwc[n]."""
+    cdef int ph, pw, h, w, c, idx, first_idx, i, keep
+    cdef real v, m
+    cdef real* vb
+    cdef int* ib
+    cdef const real* cell
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            vb = values + (ph * pooled_w + pw) * C
+            ib = indices + (ph * pooled_w + pw) * C
+            if h_hi[ph] <= h_lo[ph] or w_hi[pw] <= w_lo[pw]:
+                for c in range(C):
+                    vb[c] = 0
+                    ib[c] = -1
+                continue
+            # The bin's first cell starts every channel's maximum ...
+            first_idx = h_lo[ph] * W + w_lo[pw]
+            cell = xn + <Py_ssize_t> first_idx * C
+            for c in range(C):
+                vb[c] = cell[c]
+                ib[c] = first_idx
+            # ... and a later cell replaces it only where strictly greater (the first maximum wins).
+            # Branch-free, so that the channel loop becomes SIMD compares and blends.
+            for h in range(h_lo[ph], h_hi[ph]):
+                for w in range(w_lo[pw], w_hi[pw]):
+                    idx = h * W + w
+                    if idx == first_idx:
+                        continue
+                    cell = xn + <Py_ssize_t> idx * C
+                    for c in range(C):
+                        v = cell[c]
+                        m = vb[c]
+                        i = ib[c]
+                        keep = (v > m) - 1  # 0 where v replaces m, all ones where m stays
+                        vb[c] = v if v > m else m
+                        ib[c] = (i & keep) | (idx & ~keep)
+
+
+cdef void bins_to_channels(const real* values, const int* indices, int B, int C,
+                           real* y, int* argmax) noexcept nogil:
+    """(bin, channel) scratch -> one RoI's y (C, B) and argmax (C, B).
+
+    Four channels at a time: one 4-wide read of the scratch row feeds four output rows.
+    """
+    cdef int b, c, c4 = C - C % 4
+    cdef const real* v
+    cdef const int* i
+    for c in range(0, c4, 4):
+        for b in range(B):
+            v = values + b * C + c
+            i = indices + b * C + c
+            y[c * B + b] = v[0]
+            y[(c + 1) * B + b] = v[1]
+            y[(c + 2) * B + b] = v[2]
+            y[(c + 3) * B + b] = v[3]
+            argmax[c * B + b] = i[0]
+            argmax[(c + 1) * B + b] = i[1]
+            argmax[(c + 2) * B + b] = i[2]
+            argmax[(c + 3) * B + b] = i[3]
+    for c in range(c4, C):
+        for b in range(B):
+            y[c * B + b] = values[b * C + c]
+            argmax[c * B + b] = indices[b * C + c]
+
+
+def roi_pool_forward(const real[:, :, :, ::1] x_nhwc, const real[:, ::1] rois,
+                     real[:, :, ::1] y, int[:, :, ::1] argmax,
+                     int pooled_h, int pooled_w, double spatial_scale):
+    """y (R, C, PH*PW) and argmax (R, C, PH*PW) from x_nhwc (N, H, W, C) and rois (R, 5).
+
+    rois[:, 0] must already be valid batch indices (checked by the caller).
+    """
+    cdef int H = x_nhwc.shape[1], W = x_nhwc.shape[2], C = x_nhwc.shape[3]
+    cdef Py_ssize_t R = rois.shape[0]
+    cdef int B = pooled_h * pooled_w
+    cdef real scale = <real> spatial_scale
+    cdef Py_ssize_t image_size = <Py_ssize_t> H * W * C
+    cdef const real* x0
+    cdef Py_ssize_t r
+    cdef int* edges = NULL
+    cdef real* values = NULL
+    cdef int* indices = NULL
+    cdef int[::1] out_of_memory = np.zeros(1, dtype=np.intc)
+    if R == 0 or C == 0:
+        return
+    x0 = &x_nhwc[0, 0, 0, 0]
+    with nogil, parallel():
+        # Per-thread scratch: one RoI's bin edges (h_lo, h_hi, w_lo, w_hi) and its (bin, channel) maxima.
+        edges = <int*> malloc(2 * (pooled_h + pooled_w) * sizeof(int))
+        values = <real*> malloc(<size_t> B * C * sizeof(real))
+        indices = <int*> malloc(<size_t> B * C * sizeof(int))
+        for r in prange(R, schedule="dynamic", chunksize=8):
+            if edges == NULL or values == NULL or indices == NULL:
+                out_of_memory[0] = 1
+            else:
+                bin_edges(rois[r, 2], rois[r, 4], scale, pooled_h, H, edges, edges + pooled_h)
+                bin_edges(rois[r, 1], rois[r, 3], scale, pooled_w, W,
+                          edges + 2 * pooled_h, edges + 2 * pooled_h + pooled_w)
+                pool_one_roi(x0 + <int> rois[r, 0] * image_size, W, C, pooled_h, pooled_w,
+                             edges, edges + pooled_h, edges + 2 * pooled_h, edges + 2 * pooled_h + pooled_w,
+                             values, indices)
+                bins_to_channels(values, indices, B, C, &y[r, 0, 0], &argmax[r, 0, 0])
+        free(edges)
+        free(values)
+        free(indices)
+    if out_of_memory[0]:
+        raise MemoryError("roi_pool_forward: no memory for the per-thread scratch")
+
+
+def roi_pool_backward(const real[:, :, ::1] dy, const int[:, :, ::1] argmax,
+                      const int[::1] batch_index, real[:, :, ::1] dx):
+    """dx (N, C, H*W) += the scatter of dy (R, C, B) into argmax positions; dx must start at zero."""
+    cdef Py_ssize_t R = dy.shape[0], C = dy.shape[1], B = dy.shape[2]
+    cdef Py_ssize_t nblocks = (C + BACKWARD_CHANNEL_BLOCK - 1) // BACKWARD_CHANNEL_BLOCK
+    cdef Py_ssize_t block, r, c, c_end, b
+    cdef int a
+    cdef const real* d
+    cdef const int* am
+    cdef real* plane
+    if R == 0 or C == 0 or B == 0:
+        return
+    with nogil:
+        for block in prange(nblocks, schedule="dynamic"):
+            c_end = (block + 1) * BACKWARD_CHANNEL_BLOCK
+            if c_end > C:
+                c_end = C
+            for r in range(R):
+                for c in range(block * BACKWARD_CHANNEL_BLOCK, c_end):
+                    d = &dy[r, c, 0]
+                    am = &argmax[r, c, 0]
+                    plane = &dx[batch_index[r], c, 0]
+                    for b in range(B):
+                        a = am[b]
+                        if a >= 0:
+                            plane[a] = plane[a] + d[b]

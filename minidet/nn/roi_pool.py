@@ -1,0 +1,25 @@
+"""RoI max pooling as a layer: Fast R-CNN's replacement for VGG16's pool5."""
+from minidet.ops.roi_pool import roi_pool, roi_pool_backward
+
+
+class RoIPool:
+    """y[r, c] = max-pool of x[rois[r, 0], c] over the RoI's PH x PW grid of bins (see minidet.ops.roi_pool).
+
+    Shapes: x (N, C, H, W), rois (R, 5) = [batch_index, x1, y1, x2, y2] in input-image pixels
+    -> y (R, C, PH, PW). No parameters; the RoIs get no gradient (they are data, not outputs of the net).
+    """
+
+    def __init__(self, output_size=(7, 7), spatial_scale=1 / 16):
+        self.output_size = tuple(output_size)
+        self.spatial_scale = spatial_scale
+        self.params, self.grads = {}, {}
+
+    def forward(self, x, rois):
+        y, self.argmax = roi_pool(x, rois, self.output_size, self.spatial_scale)
+        self.rois = rois          # its batch index column routes each RoI's gradient to its image
+        self.x_shape = x.shape
+        return y
+
+    def backward(self, dy):
+        # y = x at argmax, so dL/dx at a cell = sum of dy over the bins whose argmax it is.
+        return roi_pool_backward(dy, self.argmax, self.x_shape, self.rois)

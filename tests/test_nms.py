@@ -1,0 +1,213 @@
+"""NMS against a plain greedy loop, torchvision, and the GPU kernel's arithmetic run on the host."""
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minidet.backend import gpu_available
+from minidet.ops.nms import nms, nms_reference
+from tests.reference import require_torchvision
+
+CUDA_SOURCE = os.path.join(os.path.dirname(__file__), "..", "minidet", "ops", "cuda", "nms.cu")
+
+
+def plain_nms(boxes, scores, threshold):
+    """Greedy NMS as the definition reads: by score (ties: lower index first), +1 areas, IoU > threshold."""
+    order = sorted(range(len(boxes)), key=lambda i: (-scores[i], i))
+    suppressed, keep = set(), []
+    for a, i in enumerate(order):
+        if i in suppressed:
+            continue
+        keep.append(i)
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
+        for j in order[a + 1:]:
+            u1, v1, u2, v2 = (float(v) for v in boxes[j])
+            w = min(x2, u2) - max(x1, u1) + 1
+            h = min(y2, v2) - max(y1, v1) + 1
+            if w <= 0 or h <= 0:
+                continue
+            union = (x2 - x1 + 1) * (y2 - y1 + 1) + (u2 - u1 + 1) * (v2 - v1 + 1) - w * h
+            if w * h / union > threshold:
+                suppressed.add(j)
+    return keep
+
+
+@st.composite
+def detections(draw, max_boxes=40, distinct_scores=False):
+    """Integer-cornered boxes with duplicates, and scores with ties (or all distinct)."""
+    n = draw(st.integers(0, max_boxes))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x1y1 = rng.integers(0, 60, (n, 2))
+    boxes = np.concatenate([x1y1, x1y1 + rng.integers(0, 30, (n, 2))], axis=1).astype(np.float64)
+    if n > 1:
+        copies = rng.integers(0, n, n // 4)
+        boxes[rng.integers(0, n, n // 4)] = boxes[copies]  # identical boxes
+    scores = rng.permutation(n).astype(np.float64) if distinct_scores else rng.integers(0, 5, n) / 4
+    threshold = draw(st.sampled_from([0.0, 0.3, 0.5, 0.7, 1.0]))
+    return boxes, scores, threshold
+
+
+@given(detections(), st.sampled_from([np.float32, np.float64]))
+def test_nms_matches_a_plain_greedy_loop(case, dtype):
+    boxes, scores, threshold = case
+    keep = nms(boxes.astype(dtype), scores.astype(dtype), threshold)
+    assert keep.dtype == np.int64
+    assert keep.tolist() == plain_nms(boxes, scores, threshold)
+
+
+@given(detections())
+def test_nms_reference_matches_the_compiled_kernel(case):
+    boxes, scores, threshold = case
+    np.testing.assert_array_equal(nms(boxes, scores, threshold), nms_reference(boxes, scores, threshold))
+
+
+def test_nms_keeps_the_first_of_identical_boxes_and_orders_equal_scores_by_index():
+    boxes = np.array([[0, 0, 9, 9]] * 3 + [[50, 50, 60, 60]], np.float32)
+    scores = np.array([0.5, 0.9, 0.9, 0.9], np.float32)
+    assert nms(boxes, scores, 0.5).tolist() == [1, 3]
+
+
+def test_nms_suppresses_only_above_the_threshold():
+    # a 10x10 box and its 10x5 half (pixel-inclusive) overlap by exactly 50 / 100 = 0.5
+    boxes = np.array([[0, 0, 9, 9], [0, 0, 9, 4]], np.float32)
+    scores = np.array([1.0, 0.5], np.float32)
+    assert nms(boxes, scores, 0.5).tolist() == [0, 1]
+    assert nms(boxes, scores, 0.49).tolist() == [0]
+
+
+def test_nms_counts_pixels_inclusively():
+    # [0, 9] and [5, 14] share 5 of their 10 pixels: IoU 25 / 175 = 1/7 with +1 areas
+    # (16 / 146 without them, under 1/9)
+    boxes = np.array([[0, 0, 9, 9], [5, 5, 14, 14]], np.float64)
+    scores = np.array([1.0, 0.9])
+    assert nms(boxes, scores, 1 / 7 - 1e-9).tolist() == [0]
+    assert nms(boxes, scores, 1 / 7 + 1e-9).tolist() == [0, 1]
+
+
+def test_nms_of_nothing_is_empty():
+    keep = nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.3)
+    assert keep.shape == (0,) and keep.dtype == np.int64
+
+
+def test_nms_rejects_mismatched_shapes():
+    with pytest.raises(ValueError):
+        nms(np.zeros((3, 4)), np.zeros(2), 0.3)
+    with pytest.raises(ValueError):
+        nms(np.zeros((3, 5)), np.zeros(3), 0.3)
+
+
+# torchvision's nms uses areas without +1, and sorts scores with an unstable sort. The +1 IoU of
+# (x1, y1, x2, y2) is exactly the plain IoU of (x1, y1, x2 + 1, y2 + 1), so torchvision gets the
+# shifted boxes; and the scores are all distinct, so no tie order is involved.
+@given(detections(distinct_scores=True))
+def test_nms_equals_torchvision_on_boxes_widened_by_one_pixel(case):
+    require_torchvision()
+    import torch
+    import torchvision
+
+    boxes, scores, threshold = case
+    widened = boxes + np.array([0, 0, 1, 1])
+    expected = torchvision.ops.nms(torch.from_numpy(widened), torch.from_numpy(scores), threshold)
+    assert nms(boxes, scores, threshold).tolist() == expected.tolist()
+
+
+# ---- the CUDA kernel, compiled for the host -------------------------------------------------
+# Each block is run thread by thread, twice: __syncthreads() ends the first pass (which only fills
+# the shared tile, an idempotent load) and lets the second pass through to the comparisons.
+
+HOST_SHIM = """
+#include <algorithm>
+using std::max; using std::min;
+struct minidet_dim3 { unsigned int x, y, z; };
+extern "C" { minidet_dim3 blockIdx, blockDim, threadIdx, gridDim; int minidet_past_barrier; }
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+#define __syncthreads() do { if (!minidet_past_barrier) return; } while (0)
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+"""
+
+
+@pytest.fixture(scope="module")
+def host_nms(tmp_path_factory):
+    import ctypes
+
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("g++ not found")
+    folder = tmp_path_factory.mktemp("host_nms")
+    (folder / "shim.h").write_text(HOST_SHIM)
+    libraries = {}
+    for scalar, dtype in (("float", np.float32), ("double", np.float64)):
+        library = folder / f"nms.{scalar}.so"
+        subprocess.run([compiler, "-x", "c++", "-std=c++14", "-O1", "-ffp-contract=off", "-shared", "-fPIC",
+                        "-include", str(folder / "shim.h"), f"-Dscalar_t={scalar}", CUDA_SOURCE,
+                        "-o", str(library)], check=True, timeout=300)
+        libraries[dtype] = ctypes.CDLL(str(library))
+    return libraries
+
+
+def nms_on_host(library, boxes, scores, threshold):
+    """minidet.ops.nms's GPU path with the mask kernel run on the host."""
+    import ctypes
+
+    from minidet._ext.nms import reduce_suppression_mask
+
+    class Dim3(ctypes.Structure):
+        _fields_ = [("x", ctypes.c_uint), ("y", ctypes.c_uint), ("z", ctypes.c_uint)]
+
+    order = np.argsort(-scores, kind="stable")
+    sorted_boxes = np.ascontiguousarray(boxes[order])
+    n = len(boxes)
+    tiles = (n + 63) // 64
+    mask = np.zeros((n, tiles), np.uint64)
+    real = ctypes.c_float if boxes.dtype == np.float32 else ctypes.c_double
+    kernel = library.nms_mask
+    kernel.argtypes = [ctypes.c_void_p, ctypes.c_int, real, ctypes.c_void_p]
+    block, thread = Dim3.in_dll(library, "blockIdx"), Dim3.in_dll(library, "threadIdx")
+    Dim3.in_dll(library, "blockDim").x = 64
+    past_barrier = ctypes.c_int.in_dll(library, "minidet_past_barrier")
+    for row in range(tiles):
+        for col in range(tiles):
+            block.x, block.y = col, row
+            for past_barrier.value in (0, 1):
+                for t in range(64):
+                    thread.x = t
+                    kernel(sorted_boxes.ctypes.data, n, threshold, mask.ctypes.data)
+    return order[reduce_suppression_mask(mask, n)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nms_cuda_kernel_run_on_the_host_equals_the_cpu(host_nms, dtype):
+    rng = np.random.default_rng(0)
+    for n in (1, 63, 64, 65, 150):
+        x1y1 = rng.uniform(0, 100, (n, 2))
+        boxes = np.concatenate([x1y1, x1y1 + rng.uniform(0, 60, (n, 2))], axis=1).astype(dtype)
+        boxes[: n // 5] = boxes[n - n // 5:]  # identical pairs across tiles
+        scores = rng.integers(0, 20, n).astype(dtype)  # ties
+        for threshold in (0.3, 0.7):
+            np.testing.assert_array_equal(nms_on_host(host_nms[dtype], boxes, scores, threshold),
+                                          nms(boxes, scores, threshold))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="no CuPy or no CUDA GPU")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nms_on_the_gpu_equals_the_cpu(dtype):
+    import cupy as cp
+
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 64, 65, 2000):
+        x1y1 = rng.uniform(0, 500, (n, 2))
+        boxes = np.concatenate([x1y1, x1y1 + rng.uniform(0, 200, (n, 2))], axis=1).astype(dtype)
+        scores = rng.integers(0, 50, n).astype(dtype)
+        for threshold in (0.3, 0.7):
+            keep = nms(cp.asarray(boxes), cp.asarray(scores), threshold)
+            assert isinstance(keep, cp.ndarray) and keep.dtype == cp.int64
+            np.testing.assert_array_equal(cp.asnumpy(keep), nms(boxes, scores, threshold))
