@@ -404,7 +404,7 @@ def test_roi_pool_cuda_kernels_run_on_the_host_equal_the_cython_kernels(host_roi
         y = np.full_like(expected_y, np.nan)
         argmax = np.full(expected_argmax.shape, -7, np.int32)
         run_on_host(library, "roi_pool_forward", y.size,
-                    (x, rois, np.int64(y.size), c, h, w, ph, pw, dtype(scale), y, argmax))
+                    (x, rois, np.int64(y.size), n, c, h, w, ph, pw, dtype(scale), y, argmax))
         np.testing.assert_array_equal(y, expected_y)
         np.testing.assert_array_equal(argmax, expected_argmax)
         dy = rng.standard_normal(y.shape).astype(dtype)
@@ -414,6 +414,23 @@ def test_roi_pool_cuda_kernels_run_on_the_host_equal_the_cython_kernels(host_roi
                     (dy, argmax, batch, np.int64(dy.size), c, h * w, ph * pw, dx))
         # one thread at a time adds in RoI, then bin order: the Cython order, so bit for bit
         np.testing.assert_array_equal(dx, roi_pool_backward(dy, argmax, x.shape, rois))
+
+
+def test_roi_pool_cuda_kernel_pools_a_roi_of_a_missing_image_as_empty(host_roi_pool):
+    # The GPU path does not read batch indices back to the host to validate them; the kernel
+    # itself must keep a RoI whose index names no image from reading outside x.
+    library = host_roi_pool[np.float32]
+    x = np.arange(2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8)
+    rois = np.array([[1, 0, 0, 60, 60], [2, 0, 0, 60, 60], [-1, 0, 0, 60, 60]], np.float32)
+    y = np.full((3, 3, 2, 2), np.nan, np.float32)
+    argmax = np.full(y.shape, -7, np.int32)
+    run_on_host(library, "roi_pool_forward", y.size,
+                (x, rois, np.int64(y.size), 2, 3, 8, 8, 2, 2, np.float32(1 / 8), y, argmax))
+    expected_y, expected_argmax = roi_pool(x, rois[:1], (2, 2), 1 / 8)
+    np.testing.assert_array_equal(y[:1], expected_y)
+    np.testing.assert_array_equal(argmax[:1], expected_argmax)
+    np.testing.assert_array_equal(y[1:], 0)
+    np.testing.assert_array_equal(argmax[1:], -1)
 
 
 def _fixed_case(rng, dtype):

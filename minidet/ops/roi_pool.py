@@ -59,9 +59,11 @@ def roi_pool(x, rois, output_size=(7, 7), spatial_scale=1 / 16):
     ph, pw = _check(x, rois, output_size)
     rois = xp.ascontiguousarray(xp.asarray(rois, dtype=x.dtype))
     x = xp.ascontiguousarray(x)
-    _check_batch_index(rois[:, 0].astype(np.int64), x.shape[0])
     if xp is np:
+        _check_batch_index(rois[:, 0].astype(np.int64), x.shape[0])
         return _roi_pool_cpu(x, rois, ph, pw, spatial_scale)
+    # No check on the GPU: reading the indices back would stall the device twice per call.
+    # The kernel treats a RoI with an index outside [0, N) as empty (0, argmax -1) instead.
     return _roi_pool_gpu(x, rois, ph, pw, spatial_scale)
 
 
@@ -81,10 +83,10 @@ def roi_pool_backward(dy, argmax, x_shape, rois):
     if dy.shape[1] != c or rois.shape[0] != dy.shape[0]:
         raise ValueError(f"dy {dy.shape} does not match x_shape {tuple(x_shape)} and rois {rois.shape}")
     batch = xp.ascontiguousarray(xp.asarray(rois[:, 0]).astype(np.int32))
-    _check_batch_index(batch, n)
     dy = xp.ascontiguousarray(dy)
     argmax = xp.ascontiguousarray(argmax, dtype=np.int32)
     if xp is np:
+        _check_batch_index(batch, n)
         return _roi_pool_backward_cpu(dy, argmax, (n, c, h, w), batch)
     return _roi_pool_backward_gpu(dy, argmax, (n, c, h, w), batch)
 
@@ -200,7 +202,7 @@ def _roi_pool_gpu(x, rois, ph, pw, spatial_scale):
     y = cp.empty((r, c, ph, pw), dtype=x.dtype)
     argmax = cp.empty((r, c, ph, pw), dtype=cp.int32)
     kern = kernel("roi_pool.cu", "roi_pool_forward", scalar_name(x.dtype))
-    launch(kern, y.size, (x, rois, np.int64(y.size), np.int32(c), np.int32(h), np.int32(w),
+    launch(kern, y.size, (x, rois, np.int64(y.size), np.int32(n), np.int32(c), np.int32(h), np.int32(w),
                           np.int32(ph), np.int32(pw), x.dtype.type(spatial_scale), y, argmax))
     return y, argmax
 

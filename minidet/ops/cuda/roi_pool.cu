@@ -19,7 +19,8 @@ __device__ __forceinline__ void roi_bin(scalar_t first, scalar_t last, scalar_t 
 // One thread per output y[r, c, ph, pw]; x (N, C, H, W), rois (R, 5) = [n, x1, y1, x2, y2].
 extern "C" __global__ void roi_pool_forward(const scalar_t* __restrict__ x,
                                             const scalar_t* __restrict__ rois,
-                                            long long total, int channels, int height, int width,
+                                            long long total, int num_images, int channels,
+                                            int height, int width,
                                             int pooled_h, int pooled_w, scalar_t spatial_scale,
                                             scalar_t* __restrict__ y, int* __restrict__ argmax) {
     for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
@@ -30,6 +31,11 @@ extern "C" __global__ void roi_pool_forward(const scalar_t* __restrict__ x,
         const long long r = t / ((long long)pooled_w * pooled_h * channels);
         const scalar_t* roi = rois + r * 5;
         const int n = (int)roi[0];
+        if (n < 0 || n >= num_images) {  // not an image of x: pooled as empty, sends no gradient
+            y[t] = 0;
+            argmax[t] = -1;
+            continue;
+        }
         int h_lo, h_hi, w_lo, w_hi;
         roi_bin(roi[2], roi[4], spatial_scale, ph, pooled_h, height, &h_lo, &h_hi);
         roi_bin(roi[1], roi[3], spatial_scale, pw, pooled_w, width, &w_lo, &w_hi);
