@@ -1,0 +1,226 @@
+"""A data set in the PASCAL VOC layout: ImageSets/Main/{split}.txt, Annotations/{id}.xml, JPEGImages/{id}.jpg.
+
+Any folder in this layout works, with its own classes: their names come from
+ROOT/classes.txt (one name a line) when it exists, else from the `class_names`
+argument, else the 20 VOC classes. Label k means class_names[k - 1]; 0 is background.
+
+Coordinates in the XML are 1-based and pixel-inclusive (a box of one pixel has
+xmin == xmax); the reader subtracts 1, so that boxes are 0-based and pixel-inclusive
+(width = x2 - x1 + 1), the convention of everything else in minidet.
+"""
+import os
+import warnings
+import xml.etree.ElementTree as ET
+
+import cv2
+import numpy as np
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+
+# Annotation tools disagree by a pixel about the border (0 or W+1 in 1-based terms);
+# such boxes are clipped. A box further out than this is an annotation error.
+BORDER_TOLERANCE = 1.0
+
+
+class AnnotationError(ValueError):
+    """A VOC annotation that cannot be used; the message names the file and the problem.
+
+    Missing files raise FileNotFoundError, with the same kind of message.
+    """
+
+
+def read_class_names(root, class_names=None):
+    """ROOT/classes.txt (one name a line, blank lines ignored) if present, else class_names, else VOC's 20."""
+    path = os.path.join(root, "classes.txt")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+        if not names:
+            raise AnnotationError(f"{path}: no class names in the file")
+    elif class_names is not None:
+        names = [str(n).strip() for n in class_names]
+    else:
+        names = list(VOC_CLASSES)
+    if len(set(names)) != len(names):
+        raise AnnotationError(f"{path if os.path.isfile(path) else 'class_names'}: duplicate class names {names}")
+    return tuple(names)
+
+
+def _number(node, tag, path, where):
+    child = node.find(tag)
+    if child is None or child.text is None or not child.text.strip():
+        raise AnnotationError(f"{path}: {where} has no <{tag}>")
+    try:
+        return float(child.text)
+    except ValueError:
+        raise AnnotationError(f"{path}: {where} <{tag}> is not a number: {child.text.strip()!r}") from None
+
+
+def parse_voc_xml(path, class_index):
+    """Read one annotation file.
+
+    class_index: {name: label}. Returns dict(size=(H, W), boxes (G, 4) float32 0-based
+    pixel-inclusive, labels (G,) int64, difficult (G,) bool). Objects whose box is a single
+    point or a line (xmax == xmin or ymax == ymin in the XML) are dropped with a warning;
+    every other problem raises AnnotationError naming the file. The XML's <path> is ignored.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: annotation file is missing")
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise AnnotationError(f"{path}: malformed XML ({e})") from None
+    size = root.find("size")
+    if size is None:
+        raise AnnotationError(f"{path}: no <size> (image width and height)")
+    width, height = _number(size, "width", path, "<size>"), _number(size, "height", path, "<size>")
+    if width < 1 or height < 1:
+        raise AnnotationError(f"{path}: image size {width:g}x{height:g} is empty")
+
+    boxes, labels, difficult = [], [], []
+    for k, obj in enumerate(root.findall("object")):
+        name_node = obj.find("name")
+        name = name_node.text.strip() if name_node is not None and name_node.text else ""
+        where = f"object {k} ({name or 'unnamed'})"
+        if name not in class_index:
+            raise AnnotationError(f"{path}: {where} has unknown class name {name!r}; "
+                                  f"known: {', '.join(class_index)} (set classes.txt or class_names)")
+        bndbox = obj.find("bndbox")
+        if bndbox is None:
+            raise AnnotationError(f"{path}: {where} has no <bndbox>")
+        x1, y1, x2, y2 = (_number(bndbox, t, path, where) - 1 for t in ("xmin", "ymin", "xmax", "ymax"))
+        if x2 < x1 or y2 < y1:
+            raise AnnotationError(f"{path}: {where} has xmax < xmin or ymax < ymin: "
+                                  f"({x1 + 1:g}, {y1 + 1:g}, {x2 + 1:g}, {y2 + 1:g})")
+        lo, hi_x, hi_y = -BORDER_TOLERANCE, width - 1 + BORDER_TOLERANCE, height - 1 + BORDER_TOLERANCE
+        if x1 < lo or y1 < lo or x2 > hi_x or y2 > hi_y:
+            raise AnnotationError(f"{path}: {where} box ({x1 + 1:g}, {y1 + 1:g}, {x2 + 1:g}, {y2 + 1:g}) "
+                                  f"lies outside the {width:g}x{height:g} image")
+        if x2 == x1 or y2 == y1:
+            warnings.warn(f"{path}: {where} box ({x1 + 1:g}, {y1 + 1:g}, {x2 + 1:g}, {y2 + 1:g}) "
+                          f"has no extent (a point or a line); dropped", stacklevel=3)
+            continue
+        flag = obj.find("difficult")
+        is_difficult = flag is not None and flag.text is not None and flag.text.strip() not in ("", "0")
+        boxes.append((min(max(x1, 0), width - 1), min(max(y1, 0), height - 1),
+                      min(max(x2, 0), width - 1), min(max(y2, 0), height - 1)))
+        labels.append(class_index[name])
+        difficult.append(is_difficult)
+    return dict(size=(int(height), int(width)),
+                boxes=np.array(boxes, np.float32).reshape(-1, 4),
+                labels=np.array(labels, np.int64),
+                difficult=np.array(difficult, bool))
+
+
+class VOCDataset:
+    """The images of one split of a VOC-layout folder, with their annotations.
+
+    ds[i] -> dict(id, image (H, W, 3) uint8 BGR, boxes (G, 4) float32 0-based pixel-inclusive,
+    labels (G,) int64 in 1..K, difficult (G,) bool): every object, difficult ones flagged.
+    All annotations are read and checked once, when the data set is made; images are read
+    from disk on each access.
+    """
+
+    def __init__(self, root, split="trainval", class_names=None):
+        self.root, self.split = os.fspath(root), split
+        self.class_names = read_class_names(self.root, class_names)
+        split_file = os.path.join(self.root, "ImageSets", "Main", f"{split}.txt")
+        if not os.path.isfile(split_file):
+            raise FileNotFoundError(f"{split_file}: split file is missing (is {self.root} a VOC-layout folder?)")
+        with open(split_file, encoding="utf-8") as f:
+            # VOC's per-class split files carry a second column (1/-1); the image id is the first.
+            self.ids = [line.split()[0] for line in f if line.strip()]
+        class_index = {name: k + 1 for k, name in enumerate(self.class_names)}
+        self.annotations = [parse_voc_xml(self.annotation_path(i), class_index) for i in range(len(self.ids))]
+        for i in range(len(self.ids)):
+            if not os.path.isfile(self.image_path(i)):
+                raise FileNotFoundError(f"{self.image_path(i)}: image file is missing "
+                                      f"(listed in {split_file})")
+
+    @property
+    def num_classes(self):
+        """K + 1: the classes and the background."""
+        return len(self.class_names) + 1
+
+    def __len__(self):
+        return len(self.ids)
+
+    def annotation_path(self, i):
+        return os.path.join(self.root, "Annotations", f"{self.ids[i]}.xml")
+
+    def image_path(self, i):
+        return os.path.join(self.root, "JPEGImages", f"{self.ids[i]}.jpg")
+
+    def image_size(self, i):
+        """(H, W) as the annotation gives it."""
+        return self.annotations[i]["size"]
+
+    def annotation(self, i):
+        """ds[i] without the image: dict(id, boxes, labels, difficult), copies."""
+        a = self.annotations[i]
+        return dict(id=self.ids[i], boxes=a["boxes"].copy(), labels=a["labels"].copy(),
+                    difficult=a["difficult"].copy())
+
+    def load_image(self, i):
+        """(H, W, 3) uint8 BGR, checked against the size in the annotation."""
+        path = self.image_path(i)
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            raise AnnotationError(f"{path}: image file is missing or cannot be decoded")
+        if image.shape[:2] != self.image_size(i):
+            raise AnnotationError(f"{path}: image is {image.shape[1]}x{image.shape[0]} but "
+                                  f"{self.annotation_path(i)} says {self.image_size(i)[1]}x{self.image_size(i)[0]}")
+        return image
+
+    def __getitem__(self, i):
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        i = i % len(self)
+        example = self.annotation(i)
+        example["image"] = self.load_image(i)
+        return example
+
+    def __repr__(self):
+        return f"VOCDataset({self.root!r}, split={self.split!r}, {len(self)} images, {len(self.class_names)} classes)"
+
+
+def drop_difficult(example):
+    """A copy of an example (or annotation) without its difficult objects."""
+    keep = ~example["difficult"]
+    out = dict(example)
+    out.update(boxes=example["boxes"][keep], labels=example["labels"][keep], difficult=example["difficult"][keep])
+    return out
+
+
+def write_voc_xml(path, filename, image_size, boxes, names, difficult=None, truncated=None):
+    """Write one VOC annotation file.
+
+    image_size (H, W); boxes (G, 4) 0-based pixel-inclusive (written 1-based, rounded to
+    integers as VOC does); names (G,) class names; difficult, truncated (G,) bool or None.
+    """
+    height, width = image_size
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    flags = np.zeros(len(boxes), bool) if difficult is None else np.asarray(difficult, bool)
+    cut = np.zeros(len(boxes), bool) if truncated is None else np.asarray(truncated, bool)
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = "JPEGImages"
+    ET.SubElement(root, "filename").text = filename
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(int(value))
+    ET.SubElement(root, "segmented").text = "0"
+    for box, name, d, t in zip(boxes, names, flags, cut):
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = str(name)
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = str(int(t))
+        ET.SubElement(obj, "difficult").text = str(int(d))
+        bndbox = ET.SubElement(obj, "bndbox")
+        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
+            ET.SubElement(bndbox, tag).text = str(int(round(value)) + 1)
+    ET.indent(root, space="\t")
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=False)

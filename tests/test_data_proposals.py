@@ -1,0 +1,187 @@
+"""Selective search, the per-image proposal cache (hit, miss, interrupted, corrupt), and the .mat loader."""
+import os
+import threading
+
+import numpy as np
+import pytest
+import scipy.io
+
+from minidet.data import proposals as P
+from minidet.data.proposals import (clean_boxes, filter_small_boxes, load_mat_proposals, load_proposals,
+                                    selective_search, unique_boxes)
+from minidet.data.synthetic import render_scene, write_synthetic_voc
+from minidet.data.voc import VOCDataset
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = write_synthetic_voc(tmp_path_factory.mktemp("data") / "syn", num_trainval=3, num_test=1,
+                               image_size=(72, 96))
+    return VOCDataset(root, "trainval")
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Count selective_search calls made in this process (workers=1)."""
+    calls = []
+    real = P.selective_search
+
+    def counting(image, *args, **kwargs):
+        calls.append(image.shape)
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(P, "selective_search", counting)
+    return calls
+
+
+def test_selective_search_boxes_lie_inside_the_image_without_duplicates():
+    image, *_ = render_scene(np.random.default_rng(1), (90, 120))
+    for mode in ("fast", "compact", "single"):
+        boxes = selective_search(image, mode=mode)
+        assert boxes.dtype == np.float32 and boxes.ndim == 2 and boxes.shape[1] == 4 and len(boxes) > 10
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+        assert (boxes[:, 2] <= 119).all() and (boxes[:, 3] <= 89).all()
+        assert (boxes[:, 2] - boxes[:, 0] + 1 >= 2).all() and (boxes[:, 3] - boxes[:, 1] + 1 >= 2).all()
+        assert len(np.unique(boxes, axis=0)) == len(boxes)
+
+
+def test_selective_search_is_repeatable_and_respects_max_boxes():
+    image, *_ = render_scene(np.random.default_rng(2), (90, 120))
+    a, b = selective_search(image, mode="fast"), selective_search(image, mode="fast")
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(selective_search(image, max_boxes=7, mode="fast"), a[:7])
+
+
+def test_large_image_is_searched_smaller_and_boxes_scaled_back():
+    image, *_ = render_scene(np.random.default_rng(3), (150, 200))
+    boxes = selective_search(image, mode="single", max_side=100)
+    assert (boxes[:, 2] <= 199).all() and (boxes[:, 3] <= 149).all() and boxes[:, 2].max() >= 190
+    with pytest.raises(ValueError, match="mode"):
+        selective_search(image, mode="slow")
+
+
+def test_unique_and_small_box_filters_keep_order():
+    boxes = np.array([[5, 5, 9, 9], [0, 0, 0, 7], [5, 5, 9, 9], [1, 1, 3, 3], [0, 0, 0, 7]], np.float32)
+    np.testing.assert_array_equal(unique_boxes(boxes), [0, 1, 3])
+    np.testing.assert_array_equal(filter_small_boxes(boxes, 2), [0, 2, 3])     # [0,0,0,7] is 1 pixel wide
+    np.testing.assert_array_equal(clean_boxes(boxes, 2), [[5, 5, 9, 9], [1, 1, 3, 3]])
+    np.testing.assert_array_equal(clean_boxes(boxes, 4), [[5, 5, 9, 9]])
+
+
+def test_mat_proposals_in_the_original_layout(tmp_path):
+    # Per image (y1, x1, y2, x2), 1-based, as the original per-split files.
+    cells = np.empty((1, 2), dtype=object)
+    cells[0, 0] = np.array([[2, 1, 10, 20], [5, 5, 6, 6]], np.float64)
+    cells[0, 1] = np.array([[1, 1, 3, 4]], np.float64)
+    path = str(tmp_path / "voc_2007_trainval.mat")
+    scipy.io.savemat(path, {"boxes": cells, "images": np.array(["a", "b"], dtype=object)})
+    boxes = load_mat_proposals(path, layout="ss_original")
+    assert len(boxes) == 2 and boxes[0].dtype == np.float32
+    np.testing.assert_array_equal(boxes[0], [[0, 1, 19, 9], [4, 4, 5, 5]])
+    np.testing.assert_array_equal(boxes[1], [[0, 0, 3, 2]])
+    cleaned = load_mat_proposals(path, layout="ss_original", clean=True, min_size=3)
+    np.testing.assert_array_equal(cleaned[0], [[0, 1, 19, 9]])
+
+
+def test_mat_proposals_already_xyxy_zero_based(tmp_path):
+    path = str(tmp_path / "demo_boxes.mat")
+    scipy.io.savemat(path, {"boxes": np.array([[0, 1, 19, 9], [4, 4, 5, 5]], np.uint16)})
+    np.testing.assert_array_equal(load_mat_proposals(path, layout="xyxy0"), [[0, 1, 19, 9], [4, 4, 5, 5]])
+    with pytest.raises(ValueError, match="cell array"):
+        load_mat_proposals(path, layout="ss_original")
+    with pytest.raises(KeyError, match="'rois'"):
+        load_mat_proposals(path, layout="xyxy0", key="rois")
+
+
+def test_cache_hit_computes_nothing(dataset, tmp_path, counted):
+    first = load_proposals(dataset, tmp_path, workers=1, mode="single", progress=False)
+    assert len(counted) == 3
+    second = load_proposals(dataset, tmp_path, workers=1, mode="single", progress=False)
+    assert len(counted) == 3
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cache_miss_on_other_settings_or_changed_image(dataset, tmp_path, counted, tmp_path_factory):
+    load_proposals(dataset, tmp_path, workers=1, mode="single", progress=False)
+    load_proposals(dataset, tmp_path, workers=1, mode="single", max_boxes=5, progress=False)
+    assert len(counted) == 6
+    # Same ids, one image changed: only that one is recomputed.
+    import shutil
+    copy = str(tmp_path_factory.mktemp("copy") / "syn")
+    shutil.copytree(dataset.root, copy)
+    with open(os.path.join(copy, "JPEGImages", f"{dataset.ids[1]}.jpg"), "ab") as f:
+        f.write(b"\0")
+    load_proposals(VOCDataset(copy, "trainval"), tmp_path, workers=1, mode="single", progress=False)
+    assert len(counted) == 7
+
+
+def test_leftover_temporary_file_of_an_interrupted_write_is_ignored(dataset, tmp_path, counted):
+    settings = P._settings(2000, "single", 2, 500)
+    path = P.cache_path(str(tmp_path), dataset.ids[0], dataset.image_path(0), settings)
+    with open(path + ".999.tmp", "wb") as f:
+        f.write(b"\x93NUMPY half a file")
+    boxes = load_proposals(dataset, tmp_path, workers=1, mode="single", progress=False)
+    assert len(counted) == 3 and len(boxes[0]) > 0
+    np.testing.assert_array_equal(np.load(path), boxes[0])
+
+
+def test_corrupt_cache_file_is_reported_and_recomputed(dataset, tmp_path, counted):
+    good = load_proposals(dataset, tmp_path, workers=1, mode="single", progress=False)
+    settings = P._settings(2000, "single", 2, 500)
+    path = P.cache_path(str(tmp_path), dataset.ids[2], dataset.image_path(2), settings)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])          # a truncated .npy
+    with pytest.warns(UserWarning, match="damaged"):
+        again = load_proposals(dataset, tmp_path, workers=1, mode="single", progress=False)
+    assert len(counted) == 4
+    np.testing.assert_array_equal(again[2], good[2])
+    np.testing.assert_array_equal(np.load(path), good[2])
+
+
+@pytest.mark.parametrize("other_thread", [False, True], ids=["fork", "spawn"])
+def test_worker_processes_give_the_same_boxes(dataset, tmp_path, other_thread):
+    # With another thread running (a batch loader, say) the workers are spawned rather than forked.
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait) if other_thread else None
+    if thread:
+        thread.start()
+    try:
+        assert P._pool_context().get_start_method() == ("spawn" if other_thread else "fork")
+        pooled = load_proposals(dataset, tmp_path / "b", workers=2, mode="single", progress=False)
+    finally:
+        release.set()
+    inline = load_proposals(dataset, tmp_path / "a", workers=1, mode="single", progress=False)
+    for a, b in zip(inline, pooled):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_command_line_reports_counts_and_recall(dataset, tmp_path, capsys):
+    assert P.main(["--data-dir", dataset.root, "--split", "trainval", "--cache-dir", str(tmp_path),
+                   "--workers", "1", "--mode", "single"]) == 0
+    out = capsys.readouterr().out
+    assert "proposals/image" in out and "seconds/image" in out and "recall" in out
+    assert P.main(["--data-dir", str(tmp_path / "nowhere"), "--workers", "1"]) == 2
+    assert "split file is missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        P.main(["--help"])
+    assert e.value.code == 0
+
+
+def test_proposal_mode_of_the_synthetic_set_finds_its_objects(tmp_path):
+    from minidet.boxes import bbox_overlaps
+    from minidet.data.synthetic import PROPOSAL_MODE
+
+    root = write_synthetic_voc(tmp_path / "syn", num_trainval=1, num_test=8)
+    test = VOCDataset(root, "test")
+    found = total = 0
+    for i in range(len(test)):
+        a = test.annotation(i)
+        gt = a["boxes"][~a["difficult"]]
+        boxes = selective_search(test.load_image(i), mode=PROPOSAL_MODE)
+        assert len(boxes) < 600
+        if len(gt):
+            found += int((bbox_overlaps(gt, boxes).max(axis=1) >= 0.5).sum())
+            total += len(gt)
+    assert found >= 0.9 * total
