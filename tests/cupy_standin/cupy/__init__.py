@@ -1,0 +1,44 @@
+"""A CPU stand-in for the part of CuPy's API that minidet and its tests use.
+
+With tests/cupy_standin on PYTHONPATH, `import cupy` finds this package, minidet.backend sees one
+GPU, and minidet takes its GPU code paths: arrays are cupy arrays and the CUDA kernels of
+minidet/ops/cuda are compiled as C++ with g++ and run on the CPU (host_cuda.h). So CI, which has
+no GPU, runs tests/gpu on every change (tests/test_gpu_paths_on_standin.py).
+
+What it checks, as CuPy on a GPU would:
+- every kernel argument against the kernel's C signature as CuPy marshals it: pointers get
+  C-contiguous cupy arrays of the pointed-to type, by-value parameters get scalars of exactly the
+  parameter's type (a Python int is a 64-bit integer, a Python float a double); the argument count;
+  the grid and block sizes against CUDA's limits (_raw_kernel.py);
+- what the kernels compute, which tests/gpu compares with the CPU's: their index arithmetic, edge
+  cases and the phases between __syncthreads barriers, with float arithmetic compiled without
+  fused multiply-adds (-ffp-contract=off), as minidet's kernels are written to need;
+- that numpy and cupy arrays are not mixed: a numpy array among cupy operands, or a cupy array
+  read by numpy, raises; copies between host and device are explicit calls that a test can
+  intercept (_array.py).
+
+What it cannot check:
+- real GPU timing and memory: arrays live in host memory, with no device limit and no pool;
+- races between threads: the threads of a block run one after another on one OS thread, so a
+  missing atomic or __syncthreads, or a write-write conflict, gives the sequential answer;
+- warp semantics: no warps, no shuffles or votes (a kernel using them does not compile here);
+- out-of-bounds accesses, which touch host memory instead of faulting;
+- NVRTC's compiler itself (tests/test_cuda_sources.py compiles each .cu with nvcc and NVRTC),
+  TF32 and cuBLAS's summation order, and CuPy's own random streams (cupy.random is numpy's).
+"""
+import numpy as _numpy
+
+from . import cuda, random
+from ._array import array, asarray, ascontiguousarray, asnumpy, ndarray
+from ._array import apply as _apply
+from ._raw_kernel import RawKernel
+
+__version__ = "0+standin"
+
+
+def __getattr__(name):
+    """Every other name is numpy's: types and constants as they are, functions returning cupy arrays."""
+    attribute = getattr(_numpy, name)
+    if isinstance(attribute, type) or not callable(attribute):
+        return attribute
+    return lambda *args, **kwargs: _apply(attribute, args, kwargs)

@@ -1,0 +1,182 @@
+"""cupy.RawKernel for the stand-in: the CUDA source compiled as C++ with g++ and run on the CPU.
+
+A source is compiled once per set of options into a shared library that holds, for each of its
+`extern "C" __global__` kernels, a launcher running the kernel over a grid (host_cuda.h). Before a
+launch the arguments are checked as CuPy would marshal them into the kernel's parameters:
+- a pointer parameter takes a C-contiguous cupy array whose dtype is the pointed-to C type;
+- a by-value parameter takes a numpy scalar or a size-1 numpy array of exactly the C type's size
+  and kind, a Python int (passed as a 64-bit integer, bool included) or a Python float (a double).
+CuPy copies those bytes into the parameter without converting them: a double read as a float, or
+4 bytes read as 8, is garbage on the GPU, and 8 bytes read as 4 work only while the value is small.
+Here every mismatch is a TypeError.
+"""
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import numpy
+
+from ._array import host_array, ndarray
+
+_HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "host_cuda.h")
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
+_QUALIFIERS = {"const", "volatile", "__restrict__"}
+_C_TYPES = {  # C type of a parameter (or of a pointer's elements) -> its numpy dtype and ctypes type
+    "bool": (numpy.bool_, ctypes.c_bool),
+    "int": (numpy.int32, ctypes.c_int32),
+    "unsigned int": (numpy.uint32, ctypes.c_uint32),
+    "long long": (numpy.int64, ctypes.c_int64),
+    "unsigned long long": (numpy.uint64, ctypes.c_uint64),
+    "float": (numpy.float32, ctypes.c_float),
+    "double": (numpy.float64, ctypes.c_double),
+}
+_LIMITS = {"block threads": 1024, "grid x": 2**31 - 1, "grid y": 65535, "grid z": 65535}
+
+
+class Parameter:
+    """One kernel parameter: its declaration, name, C base type (macros applied) and whether it is a pointer."""
+
+    def __init__(self, declaration, macros):
+        self.declaration = " ".join(declaration.split())
+        self.name = re.findall(r"\w+", self.declaration)[-1]
+        words = self.declaration[: self.declaration.rindex(self.name)].replace("*", " ").split()
+        base = " ".join(macros.get(word, word) for word in words if word not in _QUALIFIERS)
+        if base not in _C_TYPES:
+            raise TypeError(f"cupy stand-in: parameter '{self.declaration}' has a C type it does not know")
+        self.base, self.pointer = base, "*" in self.declaration
+        self.dtype, self.ctype = numpy.dtype(_C_TYPES[base][0]), _C_TYPES[base][1]
+
+    def check(self, value, where):
+        """The value CuPy would pass for `value`, or a TypeError that says why it does not fit."""
+        where = f"{where} parameter '{self.declaration}'"
+        if self.pointer:
+            if not isinstance(value, ndarray):
+                raise TypeError(f"{where} needs a cupy array, got {type(value).__name__}")
+            if value.dtype != self.dtype:
+                raise TypeError(f"{where} points to {self.base} but gets a {value.dtype} array")
+            if not value.flags.c_contiguous:
+                raise ValueError(f"{where} gets a non-contiguous array (strides {value.strides})")
+            return host_array(value).ctypes.data
+        scalar = as_kernel_scalar(value, where)
+        if scalar.dtype != self.dtype:
+            raise TypeError(f"{where} is a {self.base} ({self.dtype}) but CuPy would pass a {scalar.dtype} "
+                            f"({scalar.dtype.itemsize} bytes)")
+        return scalar.item()
+
+
+def as_kernel_scalar(value, where):
+    """The numpy scalar whose bytes CuPy passes for a by-value argument."""
+    if isinstance(value, ndarray):
+        raise TypeError(f"{where} is passed by value but gets a cupy array (a pointer)")
+    if isinstance(value, numpy.ndarray):
+        if value.size != 1:
+            raise TypeError(f"{where} gets a numpy array of size {value.size}")
+        return value.reshape(())[()]
+    if isinstance(value, numpy.generic):
+        return value
+    if isinstance(value, int):      # bool too: CuPy tests for int first
+        return numpy.int64(value)
+    if isinstance(value, float):
+        return numpy.float64(value)
+    raise TypeError(f"{where} gets an unsupported {type(value).__name__}")
+
+
+def cache_dir():
+    """Where compiled kernels are kept: CuPy's own CUPY_CACHE_DIR if set, else a folder in the temp dir."""
+    default = os.path.join(tempfile.gettempdir(), f"cupy-standin-{os.getuid()}")
+    return os.environ.get("CUPY_CACHE_DIR", default)
+
+
+def launcher_source(name, parameters):
+    """C++ for `host_launch_<name>(grid, block, arguments...)`: the arguments packed for host_cuda::launch."""
+    fields = "".join(f"{p.declaration}; " for p in parameters)
+    names = ", ".join(p.name for p in parameters)
+    unpacked = ", ".join(f"a.{p.name}" for p in parameters)
+    arguments = "".join(f", {p.declaration}" for p in parameters)
+    return (f'extern "C" void host_launch_{name}(unsigned gx, unsigned gy, unsigned gz, '
+            f'unsigned bx, unsigned by, unsigned bz{arguments}) {{\n'
+            f"    struct Arguments {{ {fields}}} arguments{{{names}}};\n"
+            f"    host_cuda::launch({{gx, gy, gz}}, {{bx, by, bz}}, [](void* packed) {{\n"
+            f"        Arguments& a = *static_cast<Arguments*>(packed);\n"
+            f"        {name}({unpacked});\n"
+            f"    }}, &arguments);\n}}\n")
+
+
+def compile_library(code, options, kernels):
+    """A ctypes library of `code` compiled with g++ under `options` (-D, -std), with a launcher per kernel.
+
+    Cached on disk by content; the generated .cpp stays beside the library, for reading g++'s errors."""
+    with open(_HEADER) as f:
+        header = f.read()
+    flags = ["-O1", "-ffp-contract=off", "-shared", "-fPIC", "-include", _HEADER,
+             *[o for o in options if o.startswith(("-D", "-std="))]]
+    if "__syncthreads" in code:
+        flags.append("-DHOST_CUDA_BARRIERS")
+    source = code + "\n" + "".join(launcher_source(name, parameters) for name, parameters in kernels.items())
+    key = hashlib.sha256("\0".join([header, source, *flags]).encode()).hexdigest()[:20]
+    stem = os.path.join(cache_dir(), key)
+    if not os.path.exists(f"{stem}.so"):
+        compiler = shutil.which("g++")
+        if compiler is None:
+            raise RuntimeError("cupy stand-in: g++ is needed to compile CUDA kernels for the CPU")
+        os.makedirs(cache_dir(), exist_ok=True)
+        partial = f"{stem}.{os.getpid()}"          # this process's own files until they are complete
+        with open(f"{partial}.cpp", "w") as f:
+            f.write(source)
+        result = subprocess.run([compiler, f"{partial}.cpp", *flags, "-o", f"{partial}.so"],
+                                capture_output=True, text=True)
+        os.replace(f"{partial}.cpp", f"{stem}.cpp")
+        if result.returncode != 0:
+            raise RuntimeError(f"cupy stand-in: g++ could not compile {stem}.cpp:\n{result.stderr}")
+        os.replace(f"{partial}.so", f"{stem}.so")   # atomic: another process sees the whole library or none
+    return ctypes.CDLL(f"{stem}.so")
+
+
+def check_launch(grid, block):
+    """grid and block as 3-tuples of ints, within CUDA's limits."""
+    grid, block = tuple(grid) + (1,) * (3 - len(grid)), tuple(block) + (1,) * (3 - len(block))
+    for size in grid + block:
+        if isinstance(size, bool) or not isinstance(size, (int, numpy.integer)) or size < 1:
+            raise ValueError(f"cupy stand-in: invalid launch grid {grid} block {block}")
+    extents = {"block threads": block[0] * block[1] * block[2], "grid x": grid[0], "grid y": grid[1],
+               "grid z": grid[2]}
+    for what, extent in extents.items():
+        if extent > _LIMITS[what]:
+            raise ValueError(f"cupy stand-in: {what} {extent} exceeds CUDA's {_LIMITS[what]}")
+    return tuple(int(s) for s in grid), tuple(int(s) for s in block)
+
+
+class RawKernel:
+    """The kernel `name` of the CUDA source `code`, compiled with `options` (-D macros are applied)."""
+
+    def __init__(self, code, name, options=()):
+        self.code, self.name, self.options = code, name, tuple(options)
+        macros = dict(o[2:].split("=", 1) for o in self.options if o.startswith("-D") and "=" in o)
+        self.kernels = {kernel: [Parameter(p, macros) for p in params.split(",") if p.strip()]
+                        for kernel, params in _KERNEL.findall(code)}
+        if name not in self.kernels:
+            raise ValueError(f'cupy stand-in: no extern "C" __global__ kernel {name} in the source')
+        self.parameters = self.kernels[name]
+        self._launcher = None
+
+    def __call__(self, grid, block, args):
+        grid, block = check_launch(grid, block)
+        if len(args) != len(self.parameters):
+            raise TypeError(f"cupy stand-in: {self.name} takes {len(self.parameters)} arguments, got {len(args)}")
+        where = f"cupy stand-in: {self.name}"
+        values = [p.check(value, f"{where} argument {k}") for k, (p, value) in enumerate(zip(self.parameters, args))]
+        self.launcher()(*grid, *block, *values)
+
+    def launcher(self):
+        if self._launcher is None:
+            library = compile_library(self.code, self.options, self.kernels)
+            launcher = getattr(library, f"host_launch_{self.name}")
+            launcher.argtypes = [ctypes.c_uint] * 6 + [ctypes.c_void_p if p.pointer else p.ctype
+                                                       for p in self.parameters]
+            launcher.restype = None
+            self._launcher = launcher
+        return self._launcher
