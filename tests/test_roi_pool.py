@@ -1,8 +1,5 @@
 """RoI pooling against SPEC.md "RoI pooling", written out as plain loops, and against torchvision."""
 import math
-import os
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -15,8 +12,6 @@ from minidet.nn.roi_pool import RoIPool
 from minidet.ops.roi_pool import (roi_bins, roi_pool, roi_pool_backward, roi_pool_backward_reference,
                                   roi_pool_reference)
 from tests.reference import require_torchvision
-
-CUDA_SOURCE = os.path.join(os.path.dirname(__file__), "..", "minidet", "ops", "cuda", "roi_pool.cu")
 
 
 # ---- SPEC.md, line by line ----------------------------------------------------------------
@@ -326,123 +321,6 @@ def test_roi_pool_equals_torchvision_on_a_real_sized_map():
                                                                  1 / 16, 7, 7)
     np.testing.assert_array_equal(y, expected_y.numpy())
     np.testing.assert_array_equal(argmax, expected_argmax.numpy())
-
-
-# ---- the CUDA kernels ---------------------------------------------------------------------
-# Without a GPU, roi_pool.cu is compiled for the host with g++ and run one thread at a time: its
-# arithmetic must give exactly what the Cython kernels give. On a GPU, CuPy runs the same source.
-
-HOST_SHIM = """
-#include <algorithm>
-#include <cmath>
-using std::ceil; using std::floor; using std::max; using std::min; using std::round;
-struct minidet_dim3 { unsigned int x, y, z; };
-extern "C" { minidet_dim3 blockIdx, blockDim, threadIdx, gridDim; }
-#define __global__
-#define __device__
-#define __forceinline__ inline
-template <typename T> T atomicAdd(T* address, T value) { T old = *address; *address += value; return old; }
-"""
-
-
-@pytest.fixture(scope="module")
-def host_roi_pool(tmp_path_factory):
-    import ctypes
-
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ not found")
-    folder = tmp_path_factory.mktemp("host_roi_pool")
-    (folder / "shim.h").write_text(HOST_SHIM)
-    libraries = {}
-    for scalar, dtype in (("float", np.float32), ("double", np.float64)):
-        library = folder / f"roi_pool.{scalar}.so"
-        subprocess.run([compiler, "-x", "c++", "-std=c++14", "-O1", "-ffp-contract=off", "-shared", "-fPIC",
-                        "-include", str(folder / "shim.h"), f"-Dscalar_t={scalar}", CUDA_SOURCE,
-                        "-o", str(library)], check=True, timeout=300)
-        libraries[dtype] = ctypes.CDLL(str(library))
-    return libraries
-
-
-def run_on_host(library, name, total, args):
-    """Call kernel `name` once per thread index, as a launch of one-thread blocks would."""
-    import ctypes
-
-    class Dim3(ctypes.Structure):
-        _fields_ = [("x", ctypes.c_uint), ("y", ctypes.c_uint), ("z", ctypes.c_uint)]
-
-    Dim3.in_dll(library, "blockDim").x = 1
-    Dim3.in_dll(library, "gridDim").x = max(total, 1)
-    Dim3.in_dll(library, "threadIdx").x = 0
-    block = Dim3.in_dll(library, "blockIdx")
-    converted = []
-    for a in args:
-        if isinstance(a, np.ndarray):
-            converted.append(ctypes.c_void_p(a.ctypes.data))
-        elif isinstance(a, np.int64):
-            converted.append(ctypes.c_longlong(int(a)))
-        elif isinstance(a, np.float32):
-            converted.append(ctypes.c_float(float(a)))
-        elif isinstance(a, np.float64):
-            converted.append(ctypes.c_double(float(a)))
-        else:
-            converted.append(ctypes.c_int(int(a)))
-    kernel = getattr(library, name)
-    for index in range(total):
-        block.x = index
-        kernel(*converted)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_roi_pool_cuda_kernels_run_on_the_host_equal_the_cython_kernels(host_roi_pool, dtype):
-    library = host_roi_pool[dtype]
-    rng = np.random.default_rng(5)
-    for _ in range(3):
-        x, rois, (ph, pw), scale = _fixed_case(rng, dtype)
-        n, c, h, w = x.shape
-        expected_y, expected_argmax = roi_pool(x, rois, (ph, pw), scale)
-        y = np.full_like(expected_y, np.nan)
-        argmax = np.full(expected_argmax.shape, -7, np.int32)
-        run_on_host(library, "roi_pool_forward", y.size,
-                    (x, rois, np.int64(y.size), n, c, h, w, ph, pw, dtype(scale), y, argmax))
-        np.testing.assert_array_equal(y, expected_y)
-        np.testing.assert_array_equal(argmax, expected_argmax)
-        dy = rng.standard_normal(y.shape).astype(dtype)
-        dx = np.zeros(x.shape, dtype)
-        batch = rois[:, 0].astype(np.int32)
-        run_on_host(library, "roi_pool_backward", dy.size,
-                    (dy, argmax, batch, np.int64(dy.size), c, h * w, ph * pw, dx))
-        # one thread at a time adds in RoI, then bin order: the Cython order, so bit for bit
-        np.testing.assert_array_equal(dx, roi_pool_backward(dy, argmax, x.shape, rois))
-
-
-def test_roi_pool_cuda_kernel_pools_a_roi_of_a_missing_image_as_empty(host_roi_pool):
-    # The GPU path does not read batch indices back to the host to validate them; the kernel
-    # itself must keep a RoI whose index names no image from reading outside x.
-    library = host_roi_pool[np.float32]
-    x = np.arange(2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8)
-    rois = np.array([[1, 0, 0, 60, 60], [2, 0, 0, 60, 60], [-1, 0, 0, 60, 60]], np.float32)
-    y = np.full((3, 3, 2, 2), np.nan, np.float32)
-    argmax = np.full(y.shape, -7, np.int32)
-    run_on_host(library, "roi_pool_forward", y.size,
-                (x, rois, np.int64(y.size), 2, 3, 8, 8, 2, 2, np.float32(1 / 8), y, argmax))
-    expected_y, expected_argmax = roi_pool(x, rois[:1], (2, 2), 1 / 8)
-    np.testing.assert_array_equal(y[:1], expected_y)
-    np.testing.assert_array_equal(argmax[:1], expected_argmax)
-    np.testing.assert_array_equal(y[1:], 0)
-    np.testing.assert_array_equal(argmax[1:], -1)
-
-
-def _fixed_case(rng, dtype):
-    """A map with ties, RoIs inside, across and outside it, corners on half cells and off them."""
-    x = rng.integers(-3, 4, (2, 3, 7, 9)).astype(dtype)
-    corners = rng.uniform(-40, 180, (12, 4))
-    corners[:6] = np.round(corners[:6] / 8) * 8
-    corners = np.concatenate([np.minimum(corners[:, :2], corners[:, 2:]),
-                              np.maximum(corners[:, :2], corners[:, 2:])], axis=1)
-    corners[-1] = [29 * 16 + 3, 0, 0, 0]  # x2 < x1: a one-cell-wide RoI at the clipped start
-    rois = np.concatenate([rng.integers(0, 2, (12, 1)), corners], axis=1).astype(dtype)
-    return x, rois, (3, 4), 1 / 16
 
 
 # ---- GPU ----------------------------------------------------------------------------------

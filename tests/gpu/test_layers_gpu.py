@@ -167,6 +167,7 @@ POOL_GEOMETRIES = [  # kernel, stride, padding, ceil_mode
     (3, 1, 1, False),
     (3, 3, 0, True),
     ((3, 2), (2, 1), (1, 0), True),
+    ((3, 2), (2, 3), (1, 1), True),
 ]
 
 

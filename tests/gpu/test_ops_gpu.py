@@ -48,7 +48,8 @@ def assert_identical(actual_gpu, expected_cpu):
 
 # ---- im2col / col2im ---------------------------------------------------------------------------
 
-GEOMETRIES = [(3, 1, 1), (1, 1, 0), (3, 2, 1), (5, 2, 2), (2, 3, 0), ((3, 1), (1, 2), (1, 0))]
+GEOMETRIES = [(3, 1, 1), (1, 1, 0), (3, 2, 1), (5, 2, 2), (2, 3, 0), ((3, 1), (1, 2), (1, 0)),
+              ((1, 3), (3, 2), (0, 1))]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -158,6 +159,38 @@ def test_roi_pool_gpu_gradient_lands_on_argmax(cp):
     np.testing.assert_allclose(dx, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("missing", [2, -1])                      # N and -1, for a batch of N = 2 images
+def test_roi_pool_gpu_empties_rois_of_missing_images_without_reading_indices_back(cp, monkeypatch, missing, dtype):
+    # The CPU reads the batch indices and raises; the GPU path does not read them back (that would
+    # stall the device on every call), so the kernels themselves must keep such a RoI from reading
+    # or writing outside x: 0 and argmax -1 in every bin, and no gradient.
+    from minidet.ops.roi_pool import roi_pool, roi_pool_backward
+    from tests.gpu.test_train_gpu import HostTransfers
+
+    rng = np.random.default_rng(4)
+    x, rois = roi_pool_inputs(rng, dtype, num_random=20)
+    missing_rows = np.arange(len(rois)) % 3 == 0
+    rois[missing_rows, 0] = missing
+    with pytest.raises(ValueError, match="batch"):
+        roi_pool(x, rois)
+    present = rois.copy()
+    present[missing_rows, 0] = 0
+    y, argmax = roi_pool(x, present)
+    y[missing_rows], argmax[missing_rows] = 0, -1
+    dy = rng.integers(-8, 9, y.shape).astype(dtype)               # exact sums in any order
+    dx = roi_pool_backward(dy, argmax, x.shape, present)
+    x_gpu, rois_gpu, dy_gpu = cp.asarray(x), cp.asarray(rois), cp.asarray(dy)
+    transfers = HostTransfers(cp, monkeypatch)
+    y_gpu, argmax_gpu = roi_pool(x_gpu, rois_gpu)
+    dx_gpu = roi_pool_backward(dy_gpu, argmax_gpu, x.shape, rois_gpu)
+    monkeypatch.undo()
+    assert transfers.events == [], f"copies between host and device: {transfers.events}"
+    assert_identical(y_gpu, y)
+    assert_identical(argmax_gpu, argmax)
+    assert_identical(dx_gpu, dx)
+
+
 def test_roi_pool_gpu_matches_torchvision_on_the_gpu(cp):
     torch = require_torch()
     torchvision = require_torchvision()
@@ -217,6 +250,39 @@ def test_nms_gpu_keeps_the_same_indices_as_cpu(cp, n, clusters, threshold, dtype
     keep_gpu = nms(cp.asarray(boxes), cp.asarray(scores), threshold)
     assert asnumpy(keep_gpu).dtype == np.int64
     np.testing.assert_array_equal(asnumpy(keep_gpu), keep)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 150, 2000])
+def test_nms_gpu_suppresses_identical_boxes_in_other_tiles_as_the_cpu_does(cp, n, dtype):
+    # The last fifth of the boxes repeats the first (IoU exactly 1); with more than 64 boxes, sorting
+    # by score leaves pairs in different 64-box tiles of the mask. Of each pair only one is kept.
+    from minidet.ops.nms import nms
+
+    rng = np.random.default_rng(n + 1)
+    boxes = random_boxes(rng, n).astype(dtype)
+    copies = n // 5
+    boxes[:copies] = boxes[n - copies:]
+    scores = rng.permutation(n).astype(dtype) / n                 # distinct scores: one right order
+    for threshold in (0.3, 0.7):
+        keep = nms(boxes, scores, threshold)
+        keep_gpu = nms(cp.asarray(boxes), cp.asarray(scores), threshold)
+        assert_identical(keep_gpu, keep)
+        kept = np.zeros(n, bool)
+        kept[asnumpy(keep_gpu)] = True
+        assert not (kept[:copies] & kept[n - copies:]).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [63, 65, 150, 2000])
+def test_nms_gpu_orders_equal_scores_by_index_as_the_cpu_does(cp, n, dtype):
+    from minidet.ops.nms import nms
+
+    rng = np.random.default_rng(n + 2)
+    boxes = random_boxes(rng, n).astype(dtype)
+    scores = rng.integers(0, 8, n).astype(dtype)                  # many ties: lower index first
+    for threshold in (0.3, 0.7):
+        assert_identical(nms(cp.asarray(boxes), cp.asarray(scores), threshold), nms(boxes, scores, threshold))
 
 
 def test_nms_gpu_matches_a_plain_greedy_loop(cp):

@@ -36,6 +36,20 @@ from ._raw_kernel import RawKernel
 __version__ = "0+standin"
 
 
+def argsort(a, axis=-1, kind=None):
+    """Indices that sort a along axis by a stable sort: CuPy sorts stably and accepts no other kind."""
+    if kind not in (None, "stable"):
+        raise ValueError(f"cupy stand-in: CuPy sorts stably only, not with kind={kind!r}")
+    return _apply(_numpy.argsort, (a,), dict(axis=axis, kind="stable"))
+
+
+def sort(a, axis=-1, kind=None):
+    """A sorted copy of a, by a stable sort, as cupy.sort."""
+    if kind not in (None, "stable"):
+        raise ValueError(f"cupy stand-in: CuPy sorts stably only, not with kind={kind!r}")
+    return _apply(_numpy.sort, (a,), dict(axis=axis, kind="stable"))
+
+
 def __getattr__(name):
     """Every other name is numpy's: types and constants as they are, functions returning cupy arrays."""
     attribute = getattr(_numpy, name)

@@ -1,0 +1,216 @@
+"""The training loop on a tiny synthetic set: resuming is exact, checkpoints survive failures,
+a NaN loss stops the run, the loss falls, and the saved model predicts raw deltas."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import minidet.losses
+from minidet.data.synthetic import write_synthetic_voc
+from minidet.data.voc import VOCDataset
+from minidet.train import (BBOX_STDS, TrainConfig, TrainingDiverged, load_npz, read_log, save_npz_atomic,
+                           train)
+
+TINY_MODEL = dict(width=0.0625, fc_dim=32)   # channels 4, 8, 16, 32, 32
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny network's products are far too small for BLAS / OpenMP threads, whose spinning
+    slows them down many times on a busy machine: run these tests on one thread when possible."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Six 64x80 synthetic images and proposals made from their boxes (jittered) plus random boxes."""
+    root = write_synthetic_voc(tmp_path_factory.mktemp("data") / "synthetic", num_trainval=6, num_test=2,
+                               image_size=(64, 80))
+    dataset = VOCDataset(root, "trainval")
+    rng = np.random.default_rng(0)
+    proposals = []
+    for i in range(len(dataset)):
+        gt = dataset.annotation(i)["boxes"]
+        jitter = np.repeat(gt, 8, axis=0) + rng.normal(0, 4, (8 * len(gt), 4))
+        xy = rng.uniform(0, [60, 44], (40, 2))
+        wh = rng.uniform(8, 30, (40, 2))
+        random = np.concatenate([xy, xy + wh], axis=1)
+        boxes = np.concatenate([jitter, random])
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, 79)
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, 63)
+        boxes = boxes[(boxes[:, 2] > boxes[:, 0] + 2) & (boxes[:, 3] > boxes[:, 1] + 2)]
+        proposals.append(boxes.astype(np.float32))
+    return dataset, proposals
+
+
+def config(dataset, out, **kw):
+    settings = dict(data_dir=dataset.root, out=str(out), preset="small", iters=6, lr=0.01, step_size=4,
+                    warmup_iters=2, scales=(64,), max_size=200, rois_per_image=16, checkpoint_every=3,
+                    progress=False, model_kwargs=TINY_MODEL)
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def run(dataset, proposals, out, **kw):
+    return train(config(dataset, out, **kw), dataset, proposals, log=lambda *a: None)
+
+
+def losses(out):
+    return {r["iteration"]: (r["loss"], r["loss_cls"], r["loss_bbox"]) for r in read_log(os.path.join(out, "log.jsonl"))}
+
+
+def test_resumed_run_gives_the_same_next_losses_as_an_uninterrupted_one(tiny, tmp_path):
+    dataset, proposals = tiny
+    run(dataset, proposals, tmp_path / "whole", iters=6)
+    run(dataset, proposals, tmp_path / "parts", iters=3)
+    assert sorted(losses(tmp_path / "parts")) == [1, 2, 3]
+    run(dataset, proposals, tmp_path / "parts", iters=6, resume=True)
+    whole, parts = losses(tmp_path / "whole"), losses(tmp_path / "parts")
+    assert sorted(parts) == [1, 2, 3, 4, 5, 6]
+    for it in range(1, 7):
+        assert parts[it] == whole[it], f"iteration {it}"
+    a, _ = load_npz(tmp_path / "whole" / "final.npz")
+    b, _ = load_npz(tmp_path / "parts" / "final.npz")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_checkpoint_holds_model_optimizer_classes_and_convention(tiny, tmp_path):
+    dataset, proposals = tiny
+    run(dataset, proposals, tmp_path, iters=3)
+    arrays, meta = load_npz(tmp_path / "checkpoint.npz")
+    assert meta["iteration"] == 3 and meta["optimizer_iteration"] == 3
+    assert meta["class_names"] == list(dataset.class_names)
+    assert meta["convention"]["channel_order"] == "BGR"
+    assert meta["config"]["iters"] == 3
+    assert "model/conv1_1.weight" in arrays and "optim/velocity.conv1_1.weight" in arrays
+    assert not os.path.exists(tmp_path / "checkpoint.npz.tmp")
+
+
+def test_final_model_predicts_raw_deltas(tiny, tmp_path):
+    # final.npz = checkpoint with bbox_pred x stds (means 0): W' = W std, b' = b std
+    dataset, proposals = tiny
+    run(dataset, proposals, tmp_path, iters=3)
+    ckpt, _ = load_npz(tmp_path / "checkpoint.npz")
+    final, meta = load_npz(tmp_path / "final.npz")
+    stds = np.tile(BBOX_STDS, len(dataset.class_names) + 1)
+    np.testing.assert_allclose(final["bbox_pred.weight"], ckpt["model/bbox_pred.weight"] * stds[:, None], rtol=1e-6)
+    np.testing.assert_allclose(final["bbox_pred.bias"], ckpt["model/bbox_pred.bias"] * stds, rtol=1e-6, atol=1e-12)
+    np.testing.assert_array_equal(final["cls_score.weight"], ckpt["model/cls_score.weight"])
+    assert meta["class_names"] == list(dataset.class_names) and meta["bbox_pred"] == "raw deltas"
+
+
+def test_load_model_reads_final_and_checkpoint_alike(tiny, tmp_path):
+    from minidet.detect import load_model
+
+    dataset, proposals = tiny
+    run(dataset, proposals, tmp_path, iters=3)
+    a, info = load_model(tmp_path / "final.npz")
+    b, _ = load_model(tmp_path / "checkpoint.npz")
+    assert info["class_names"] == list(dataset.class_names) and info["scale"] == 64
+    for name, value in a.state_dict().items():
+        np.testing.assert_allclose(value, b.state_dict()[name], rtol=1e-6, atol=1e-12, err_msg=name)
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint.npz")
+    save_npz_atomic(path, {"w": np.arange(3.0)}, {"iteration": 1})
+
+    def half_then_fail(f, **arrays):
+        f.write(b"PK\x03\x04 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_npz_atomic(path, {"w": np.zeros(3)}, {"iteration": 2})
+    monkeypatch.undo()
+    arrays, meta = load_npz(path)
+    assert meta["iteration"] == 1
+    np.testing.assert_array_equal(arrays["w"], np.arange(3.0))
+    assert os.listdir(tmp_path) == ["checkpoint.npz"]
+
+
+def test_training_killed_while_checkpointing_resumes_from_the_previous_checkpoint(tiny, tmp_path, monkeypatch):
+    dataset, proposals = tiny
+    real_replace = os.replace
+    calls = []
+
+    def fail_second_checkpoint(src, dst):
+        calls.append(dst)
+        if str(dst).endswith("checkpoint.npz") and sum(str(c).endswith("checkpoint.npz") for c in calls) == 2:
+            raise KeyboardInterrupt("killed while renaming")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run(dataset, proposals, tmp_path, iters=6, checkpoint_every=2)
+    monkeypatch.undo()
+    _, meta = load_npz(tmp_path / "checkpoint.npz")
+    assert meta["iteration"] == 2
+    assert not os.path.exists(tmp_path / "final.npz")
+    run(dataset, proposals, tmp_path, iters=6, checkpoint_every=2, resume=True)
+    assert load_npz(tmp_path / "final.npz")[1]["iteration"] == 6
+    assert sorted(losses(tmp_path)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    dataset, proposals = tiny
+    real_loss = minidet.losses.fast_rcnn_loss
+    calls = []
+
+    def nan_on_fifth_call(*args, **kw):
+        calls.append(1)
+        loss, *rest = real_loss(*args, **kw)
+        return (np.asarray(np.nan) if len(calls) == 5 else loss), *rest
+
+    monkeypatch.setattr(minidet.losses, "fast_rcnn_loss", nan_on_fifth_call)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at iteration 5.*last good checkpoint"):
+        run(dataset, proposals, tmp_path, iters=6, checkpoint_every=2)
+    arrays, meta = load_npz(tmp_path / "checkpoint.npz")
+    assert meta["iteration"] == 4
+    assert all(np.isfinite(v).all() for v in arrays.values())
+    assert not os.path.exists(tmp_path / "final.npz")
+    assert max(losses(tmp_path)) == 4
+
+
+def test_loss_falls_on_a_short_run(tiny, tmp_path):
+    dataset, proposals = tiny
+    run(dataset, proposals, tmp_path, iters=40, checkpoint_every=0, step_size=0, warmup_iters=5, rois_per_image=32)
+    records = read_log(tmp_path / "log.jsonl")
+    first = np.mean([r["loss"] for r in records[:8]])
+    last = np.mean([r["loss"] for r in records[-8:]])
+    assert last < 0.7 * first, (first, last)
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["iters"] == 40
+
+
+def test_trained_model_detects_over_a_data_set_and_is_evaluated(tiny, tmp_path):
+    from minidet.detect import load_model
+    from minidet.evaluate import detect_dataset, evaluate_detections, format_table, plot_pr_curves
+    from minidet.train import plot_losses
+
+    dataset, proposals = tiny
+    run(dataset, proposals, tmp_path, iters=3)
+    model, info = load_model(tmp_path / "final.npz")
+    boxes, labels, scores = detect_dataset(model, dataset, proposals, info["convention"], info["scale"],
+                                           info["max_size"], progress=False, score_thresh=0.0)
+    assert len(boxes) == len(labels) == len(scores) == len(dataset)
+    for i, (b, l, s) in enumerate(zip(boxes, labels, scores)):
+        h, w = dataset.image_size(i)
+        assert 0 < len(b) <= 100 and b.shape == (len(l), 4)
+        assert (b[:, 0] >= 0).all() and (b[:, 2] <= w - 1).all() and (b[:, 3] <= h - 1).all()
+        assert ((l >= 1) & (l <= len(dataset.class_names))).all()
+        assert (np.diff(s) <= 0).all()
+    result = evaluate_detections(dataset, boxes, labels, scores)
+    assert result["ap"].shape == (len(dataset.class_names) + 1,) and 0 <= result["map"] <= 1
+    assert set(result["ap_by_class"]) == set(dataset.class_names)
+    assert "mAP" in format_table(result, dataset.class_names)
+    assert os.path.getsize(plot_pr_curves(result, dataset.class_names, str(tmp_path / "pr.png"))) > 0
+    assert os.path.getsize(plot_losses(str(tmp_path / "log.jsonl"), str(tmp_path / "loss.png"))) > 0
