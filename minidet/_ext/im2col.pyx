@@ -9,11 +9,13 @@ so that `W.reshape(F, C * kh * kw) @ cols` is the convolution of every image at
 once, (F, N * OH * OW), in a single GEMM. The padding is never materialised:
 entries that fall outside the input are written as zeros.
 
-im2col is parallel over the rows of cols (a thread writes whole rows, so writes
-never overlap); col2im is parallel over the (image, channel) planes of dx (a plane
-gathers the kh * kw rows of its own channel, so no two threads add into the same
-element). Both run with the GIL released, on one thread for small arrays, where waking
-a second thread costs more than the copy (and, on a busy machine, far more).
+Both run with the GIL released, on the calling thread alone unless the caller passes
+parallel=True (minidet/ops/im2col.py decides, by size, and says why). In parallel,
+im2col shares out the rows of cols (a thread writes whole rows, so writes never
+overlap) and col2im the (image, channel) planes of dx (a plane gathers the kh * kw
+rows of its own channel, so no two threads add into the same element). The schedule
+is dynamic, one row or plane at a time: when the second thread is late to start (a
+busy machine), the first takes over its share instead of waiting to hand it over.
 """
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
@@ -21,10 +23,6 @@ from libc.string cimport memcpy, memset
 ctypedef fused real:
     float
     double
-
-# Below this many elements of cols, a kernel runs on the calling thread only.
-cdef Py_ssize_t PARALLEL_MIN_SIZE = 1 << 16
-
 
 cdef inline Py_ssize_t first_inside(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t out_size) noexcept nogil:
     """Smallest o >= 0 with o * stride + offset >= 0 (at most out_size)."""
@@ -45,7 +43,7 @@ cdef inline Py_ssize_t end_inside(Py_ssize_t offset, Py_ssize_t stride, Py_ssize
 
 
 def im2col(const real[:, :, :, ::1] x, int kh, int kw, int sh, int sw, int ph, int pw,
-           real[:, ::1] cols):
+           real[:, ::1] cols, bint parallel=False):
     """Fill cols (C*kh*kw, N*OH*OW) from x (N, C, H, W) with the layout above.
 
     OH = (H + 2*ph - kh) // sh + 1, OW = (W + 2*pw - kw) // sw + 1.
@@ -60,7 +58,7 @@ def im2col(const real[:, :, :, ::1] x, int kh, int kw, int sh, int sw, int ph, i
     if cols.shape[0] != K or cols.shape[1] != N * OH * OW:
         raise ValueError(f"cols must be ({K}, {N * OH * OW}), got ({cols.shape[0]}, {cols.shape[1]})")
     with nogil:
-        for r in prange(K, schedule="static", use_threads_if=K * N * OH * OW >= PARALLEL_MIN_SIZE):
+        for r in prange(K, schedule="dynamic", use_threads_if=parallel):
             c = r // (kh * kw)
             i = (r // kw) % kh
             j = r % kw
@@ -88,7 +86,7 @@ def im2col(const real[:, :, :, ::1] x, int kh, int kw, int sh, int sw, int ph, i
 
 
 def col2im(const real[:, ::1] cols, int kh, int kw, int sh, int sw, int ph, int pw,
-           real[:, :, :, ::1] dx):
+           real[:, :, :, ::1] dx, bint parallel=False):
     """Overwrite dx (N, C, H, W) with the adjoint of im2col applied to cols (C*kh*kw, N*OH*OW).
 
     dx[n, c, ih, iw] = sum of cols[(c*kh + i)*kw + j, (n*OH + oh)*OW + ow] over all
@@ -105,7 +103,7 @@ def col2im(const real[:, ::1] cols, int kh, int kw, int sh, int sw, int ph, int 
     if cols.shape[0] != K or cols.shape[1] != N * OH * OW:
         raise ValueError(f"cols must be ({K}, {N * OH * OW}), got ({cols.shape[0]}, {cols.shape[1]})")
     with nogil:
-        for plane in prange(N * C, schedule="static", use_threads_if=K * N * OH * OW >= PARALLEL_MIN_SIZE):
+        for plane in prange(N * C, schedule="dynamic", use_threads_if=parallel):
             n = plane // C
             c = plane % C
             memset(&dx[n, c, 0, 0], 0, H * W * sizeof(real))

@@ -6,10 +6,12 @@ columns [ow*sw - pw, ow*sw - pw + kw), clipped to the input: padding never wins.
 argmax is the flat index h * W + w of the maximum inside its (n, c) plane; the
 first maximum in row-major order on ties, and a NaN wins (as in torch).
 
-Both kernels are parallel over the (image, channel) planes with the GIL released
-(on one thread for small inputs, where waking a second thread costs more than the
-work); in the backward a plane's overlapping windows add into that plane only, so no
-two threads write the same element.
+Both kernels run with the GIL released, on the calling thread alone unless the caller
+passes parallel=True (minidet/ops/maxpool.py decides, by size, and says why). In
+parallel they share out the (image, channel) planes, one at a time (dynamic schedule:
+a thread that starts late on a busy machine finds its share taken over rather than
+waited for); in the backward a plane's overlapping windows add into that plane only,
+so no two threads write the same element.
 """
 from cython.parallel cimport prange
 from libc.string cimport memset
@@ -18,12 +20,8 @@ ctypedef fused real:
     float
     double
 
-# Below this many input elements, a kernel runs on the calling thread only.
-cdef Py_ssize_t PARALLEL_MIN_SIZE = 1 << 16
-
-
 def max_pool_forward(const real[:, :, :, ::1] x, int kh, int kw, int sh, int sw, int ph, int pw,
-                     real[:, :, :, ::1] y, int[:, :, :, ::1] argmax):
+                     real[:, :, :, ::1] y, int[:, :, :, ::1] argmax, bint parallel=False):
     """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow); argmax its flat index in the plane.
 
     x (N, C, H, W); y and argmax (N, C, OH, OW), OH and OW chosen by the caller.
@@ -34,7 +32,7 @@ def max_pool_forward(const real[:, :, :, ::1] x, int kh, int kw, int sh, int sw,
     cdef Py_ssize_t plane, n, c, oh, ow, h, w, hs, he, ws, we, best_index
     cdef real best, v
     with nogil:
-        for plane in prange(N * C, schedule="static", use_threads_if=N * C * H * W >= PARALLEL_MIN_SIZE):
+        for plane in prange(N * C, schedule="dynamic", use_threads_if=parallel):
             n = plane // C
             c = plane % C
             for oh in range(OH):
@@ -59,14 +57,14 @@ def max_pool_forward(const real[:, :, :, ::1] x, int kh, int kw, int sh, int sw,
 
 
 def max_pool_backward(const real[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax,
-                      real[:, :, :, ::1] dx):
+                      real[:, :, :, ::1] dx, bint parallel=False):
     """Overwrite dx (N, C, H, W) with dL/dx: each dy[n, c, oh, ow] lands on x[n, c].flat[argmax]."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
     cdef Py_ssize_t plane, n, c, oh, ow
     cdef real* dst
     with nogil:
-        for plane in prange(N * C, schedule="static", use_threads_if=N * C * H * W >= PARALLEL_MIN_SIZE):
+        for plane in prange(N * C, schedule="dynamic", use_threads_if=parallel):
             n = plane // C
             c = plane % C
             dst = &dx[n, c, 0, 0]

@@ -3,7 +3,7 @@ import numpy as np
 
 from minidet.backend import get_array_module
 from minidet.ops.im2col import col2im, conv_output_size, im2col, pair
-
+from minidet.threads import blas_threads
 
 class Conv2d:
     """y[n, f] = sum_c W[f, c] (*) x[n, c] + b[f]   (cross-correlation, zero padding, stride s).
@@ -22,7 +22,7 @@ class Conv2d:
     shifted views of the padded input, accumulated into the output), measured on VGG16's
     conv3_1 and conv4_2 (2 images of 224x320, one thread, CPU ms, im2col vs shifted):
     forward 89 vs 95 and 147 vs 156, forward + backward 218 vs 257 and 465 vs 462. The
-    threaded Cython im2col costs 2-10 ms next to 40-80 ms of GEMM, the one GEMM with
+    Cython im2col costs 2-10 ms next to 40-80 ms of GEMM, the one GEMM with
     K = C*kh*kw runs at full speed where the K = C ones lose up to 17% (C = 128), and
     accumulating needs a GEMM with beta = 1, which numpy's matmul does not offer: SciPy's
     BLAS does, but it is a second OpenBLAS thread pool, and alternating GEMMs between the
@@ -64,7 +64,8 @@ class Conv2d:
         bias = self.params["bias"].astype(x.dtype, copy=False)
         cols = im2col(x, self.kernel_size, self.stride, self.padding,
                       out=self._buffer("cols", (w2.shape[1], n * oh * ow), x.dtype, xp))
-        out = xp.matmul(w2, cols, out=self._buffer("out", (f, n * oh * ow), x.dtype, xp))
+        with blas_threads(2 * cols.size * f, xp):
+            out = xp.matmul(w2, cols, out=self._buffer("out", (f, n * oh * ow), x.dtype, xp))
         y = xp.empty((n, f, oh, ow), dtype=x.dtype)
         xp.add(out.reshape(f, n, oh * ow).transpose(1, 0, 2), bias[:, None], out=y.reshape(n, f, oh * ow))
         self.x_shape = x.shape
@@ -80,14 +81,15 @@ class Conv2d:
         n, f, oh, ow = dy.shape
         weight = self.params["weight"]
         dy2 = dy.transpose(1, 0, 2, 3).reshape(f, n * oh * ow)       # dY, (F, N*OH*OW)
-        if not self.frozen:
-            self.grads["weight"] = (dy2 @ self.cols.T).reshape(weight.shape).astype(weight.dtype, copy=False)
-            self.grads["bias"] = dy2.sum(axis=1).astype(weight.dtype, copy=False)
-        if not self.needs_input_grad:
-            return None
-        w2 = weight.reshape(f, -1).astype(dy.dtype, copy=False)
-        dcols = self._buffer("dcols", (w2.shape[1], n * oh * ow), dy.dtype, xp)
-        xp.matmul(w2.T, dy2, out=dcols)
+        with blas_threads(2 * weight.size * n * oh * ow, xp):          # flops of each GEMM
+            if not self.frozen:
+                self.grads["weight"] = (dy2 @ self.cols.T).reshape(weight.shape).astype(weight.dtype, copy=False)
+                self.grads["bias"] = dy2.sum(axis=1).astype(weight.dtype, copy=False)
+            if not self.needs_input_grad:
+                return None
+            w2 = weight.reshape(f, -1).astype(dy.dtype, copy=False)
+            dcols = self._buffer("dcols", (w2.shape[1], n * oh * ow), dy.dtype, xp)
+            xp.matmul(w2.T, dy2, out=dcols)
         return col2im(dcols, self.x_shape, self.kernel_size, self.stride, self.padding)
 
     def _buffer(self, name, shape, dtype, xp):

@@ -1,6 +1,9 @@
 """Fully connected layer."""
 import numpy as np
 
+from minidet.backend import get_array_module
+from minidet.threads import blas_threads
+
 
 class Linear:
     """y = x W^T + b.  x (N, in) -> y (N, out); weight (out, in), bias (out,).
@@ -19,11 +22,13 @@ class Linear:
 
     def forward(self, x):
         self.x = x                       # dW = dy^T x needs it
-        y = x @ self.params["weight"].T  # the one GEMM
+        with blas_threads(2 * x.shape[0] * self.params["weight"].size, get_array_module(x)):
+            y = x @ self.params["weight"].T  # the one GEMM
         y += self.params["bias"]         # in place: no second (N, out) array
         return y
 
     def backward(self, dy):
         """dW = dy^T x, db = sum_n dy, dx = dy W.  dy (N, out) -> dx (N, in), or None."""
-        self.grads = {} if self.frozen else {"weight": dy.T @ self.x, "bias": dy.sum(axis=0)}
-        return dy @ self.params["weight"] if self.needs_input_grad else None
+        with blas_threads(2 * dy.shape[0] * self.params["weight"].size, get_array_module(dy)):
+            self.grads = {} if self.frozen else {"weight": dy.T @ self.x, "bias": dy.sum(axis=0)}
+            return dy @ self.params["weight"] if self.needs_input_grad else None

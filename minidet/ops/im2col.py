@@ -19,6 +19,18 @@ from minidet._ext import im2col as _cpu
 from minidet.backend import get_array_module
 from minidet.ops.cuda import kernel, launch, scalar_name
 
+# The CPU kernels split their work over OpenMP's threads only from this many elements of
+# cols (128 MiB of float32, 20-25 ms of copying on one core); below it they run on the
+# calling thread. A parallel call is a fork and a join, and on a busy machine (2 cores,
+# load average 5-10 of other work) the second thread waits tens of ms for a core: a
+# 1 ms kernel took 47 ms on 2 threads. Shorter calls cannot win that back, and the copies
+# of a narrow network are many and short: every im2col/col2im of FastRCNN.small's train
+# step moves 2-13 M elements (4-10 ms), and with the copies and poolings on 2 threads (its
+# GEMMs on one) the step took 1.7 s instead of 0.4-0.6 s with everything on one thread
+# (load average 6-7). On an idle machine 2 threads halve a copy, which below the
+# threshold saves at most ~10 ms, next to GEMMs several times longer.
+PARALLEL_MIN_SIZE = 1 << 25
+
 
 def pair(value, name="value"):
     """(a, b) from an int or a pair of ints."""
@@ -65,7 +77,7 @@ def im2col(x, kernel_size, stride=1, padding=0, out=None):
     elif out.shape != cols_shape or out.dtype != x.dtype or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous {cols_shape} {x.dtype} array")
     if xp is np:
-        _cpu.im2col(x, *geometry, out)
+        _cpu.im2col(x, *geometry, out, out.size >= PARALLEL_MIN_SIZE)
     else:
         n, c, h, w = x.shape
         kh, kw, sh, sw, ph, pw = geometry
@@ -93,7 +105,7 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out=None):
     elif tuple(out.shape) != tuple(x_shape) or out.dtype != cols.dtype or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous {tuple(x_shape)} {cols.dtype} array")
     if xp is np:
-        _cpu.col2im(cols, *geometry, out)
+        _cpu.col2im(cols, *geometry, out, cols.size >= PARALLEL_MIN_SIZE)
     else:
         n, c, h, w = x_shape
         kh, kw, sh, sw, ph, pw = geometry

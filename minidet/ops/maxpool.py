@@ -17,6 +17,15 @@ from minidet.backend import get_array_module
 from minidet.ops.cuda import kernel, launch, scalar_name
 from minidet.ops.im2col import pair
 
+# Input elements from which the CPU kernels split their work over OpenMP's threads: from
+# 20-25 ms of work on one core, as minidet.ops.im2col.PARALLEL_MIN_SIZE and for the same
+# reason (on a busy machine a parallel call waits tens of ms for its second thread; a
+# 1 ms pooling backward took 19-47 ms on 2 threads). The forward compares every input
+# element (~6 ns each for 2x2 windows of random data); the backward only clears dx and
+# adds dy into it (~0.7 ns per input element).
+FORWARD_PARALLEL_MIN_SIZE = 1 << 22
+BACKWARD_PARALLEL_MIN_SIZE = 1 << 25
+
 
 def pooled_size(size, kernel_size, stride, padding=0, ceil_mode=False):
     """Number of pooling windows along one axis.
@@ -74,7 +83,7 @@ def max_pool_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     y = xp.empty((n, c, oh, ow), dtype=x.dtype)
     argmax = xp.empty((n, c, oh, ow), dtype=np.int32)
     if xp is np:
-        _cpu.max_pool_forward(x, *geometry, y, argmax)
+        _cpu.max_pool_forward(x, *geometry, y, argmax, x.size >= FORWARD_PARALLEL_MIN_SIZE)
     else:
         i32 = np.int32
         launch(kernel("maxpool.cu", "max_pool_forward", scalar_name(x.dtype)), y.size,
@@ -98,7 +107,7 @@ def max_pool_backward(dy, argmax, x_shape, kernel_size, stride=None, padding=0):
     n, c, h, w = (int(v) for v in x_shape)
     dx = xp.empty((n, c, h, w), dtype=dy.dtype)
     if xp is np:
-        _cpu.max_pool_backward(dy, argmax, dx)
+        _cpu.max_pool_backward(dy, argmax, dx, dx.size >= BACKWARD_PARALLEL_MIN_SIZE)
     else:
         (kh, kw), (ph, pw) = pair(kernel_size), pair(padding)
         (sh, sw) = pair(kernel_size if stride is None else stride)
