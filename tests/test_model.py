@@ -268,7 +268,8 @@ def test_float32_model_casts_loaded_arrays():
 
 def test_small_preset_is_narrow_and_fully_trained():
     model = FastRCNN.small(4)
-    assert vgg16_channels(model.width) == (8, 16, 32, 64, 64)
+    assert vgg16_channels(model.width) == (16, 32, 64, 128, 128)
+    assert [n for n, _ in model.layers if n.startswith("conv")] == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
     assert model.fc_dim == 256 and model.trainable_from == "conv1_1"
     assert sorted(model.trainable_params()) == sorted(model.params())
     rebuilt = FastRCNN(**model.config)

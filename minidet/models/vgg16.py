@@ -6,7 +6,9 @@
 pool5 is left out: Fast R-CNN puts RoI pooling in its place. The four max-pools are 2x2, stride 2,
 and round their output size up as Caffe's do (out = ceil((in - 2) / 2) + 1), so a 600x1000 image
 gives a 38x63 conv5_3 map, stride 16. `width` scales every layer's channels (64, 128, 256, 512, 512
-at width 1) for the narrow networks that train from scratch on a CPU.
+at width 1) for the narrow networks that train from scratch on a CPU, and `depth` the number of
+convolutions of each stage ((2, 2, 3, 3, 3) for VGG16; the small preset keeps one per stage, since a
+plain 13-layer stack without pretrained weights learns far more slowly than a 5-layer one).
 """
 import numpy as np
 
@@ -17,6 +19,7 @@ from minidet.nn.pool import MaxPool2d
 
 # (channels at width 1, number of 3x3 convolutions) of the five stages
 VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+VGG16_DEPTH = tuple(count for _, count in VGG16_STAGES)
 FEATURE_STRIDE = 16
 
 
@@ -25,10 +28,10 @@ def vgg16_channels(width=1.0):
     return tuple(max(1, int(round(channels * width))) for channels, _ in VGG16_STAGES)
 
 
-def conv_names():
-    """("conv1_1", "conv1_2", "conv2_1", ..., "conv5_3"): Caffe's names, in order."""
-    return tuple(f"conv{stage}_{i}" for stage, (_, count) in enumerate(VGG16_STAGES, 1)
-                 for i in range(1, count + 1))
+def conv_names(depth=VGG16_DEPTH):
+    """("conv1_1", "conv1_2", "conv2_1", ..., "conv5_3"): Caffe's names, in order, for
+    `depth` convolutions per stage."""
+    return tuple(f"conv{stage}_{i}" for stage, count in enumerate(depth, 1) for i in range(1, count + 1))
 
 
 def conv_output_size(size):
@@ -39,7 +42,7 @@ def conv_output_size(size):
     return h, w
 
 
-def vgg16_layers(width=1.0, dtype=np.float32, rng=None):
+def vgg16_layers(width=1.0, dtype=np.float32, rng=None, depth=VGG16_DEPTH):
     """[(name, layer)] of the trunk, in order: conv1_1, relu1_1, conv1_2, relu1_2, pool1, ..., relu5_3.
 
     The convolutions take the default He initialisation, N(0, sqrt(2 / fan_in)), bias 0, from rng.
@@ -47,7 +50,9 @@ def vgg16_layers(width=1.0, dtype=np.float32, rng=None):
     rng = np.random.default_rng(rng)
     layers = []
     in_channels = 3
-    for stage, (channels, (_, count)) in enumerate(zip(vgg16_channels(width), VGG16_STAGES), 1):
+    if len(depth) != len(VGG16_STAGES) or min(depth) < 1:
+        raise ValueError(f"depth needs a count >= 1 for each of the {len(VGG16_STAGES)} stages, got {depth!r}")
+    for stage, (channels, count) in enumerate(zip(vgg16_channels(width), depth), 1):
         for i in range(1, count + 1):
             layers.append((f"conv{stage}_{i}", Conv2d(in_channels, channels, 3, stride=1, padding=1,
                                                       dtype=dtype, rng=rng)))
@@ -68,9 +73,9 @@ class VGG16:
 
     feature_stride = FEATURE_STRIDE
 
-    def __init__(self, width=1.0, dtype=np.float32, rng=None):
+    def __init__(self, width=1.0, dtype=np.float32, rng=None, depth=VGG16_DEPTH):
         self.width = width
-        self.layers = vgg16_layers(width, dtype, rng)
+        self.layers = vgg16_layers(width, dtype, rng, tuple(depth))
         self.out_channels = vgg16_channels(width)[-1]
 
     def forward(self, x):
