@@ -140,15 +140,16 @@ def test_corrupt_cache_file_is_reported_and_recomputed(dataset, tmp_path, counte
     np.testing.assert_array_equal(np.load(path), good[2])
 
 
-@pytest.mark.parametrize("other_thread", [False, True], ids=["fork", "spawn"])
+@pytest.mark.parametrize("other_thread", [False, True], ids=["alone", "beside_a_thread"])
 def test_worker_processes_give_the_same_boxes(dataset, tmp_path, other_thread):
-    # With another thread running (a batch loader, say) the workers are spawned rather than forked.
+    # Workers are always spawned: a fork would copy the locks of native thread pools (OpenCV's,
+    # OpenMP's) that no Python thread shows, and a worker could wait on them forever.
     release = threading.Event()
     thread = threading.Thread(target=release.wait) if other_thread else None
     if thread:
         thread.start()
     try:
-        assert P._pool_context().get_start_method() == ("spawn" if other_thread else "fork")
+        assert P._pool_context().get_start_method() == "spawn"
         pooled = load_proposals(dataset, tmp_path / "b", workers=2, mode="single", progress=False)
     finally:
         release.set()

@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import os
 import sys
-import threading
 import time
 import warnings
 
@@ -215,18 +214,15 @@ def _compute(image_path, out_path, settings):
 
 
 def _pool_context():
-    """fork where it is safe, else spawn.
+    """Worker processes are spawned, never forked.
 
-    fork starts workers at once and needs no `if __name__ == "__main__"` guard in the calling
-    script, but a thread that holds a lock at the fork (a batch loader inside OpenCV, say) can
-    leave the copy of that lock held forever in the worker. So: fork on POSIX when no other
-    thread runs (tqdm's monitor, which only sleeps, aside), spawn otherwise.
+    A forked worker inherits copies of the parent's locks but not its threads, and a parent that
+    has already run OpenCV, OpenMP or BLAS code holds native thread pools that Python's
+    threading module does not list: a forked worker that then calls into OpenCV can wait forever
+    on a pool that no longer exists (seen after training, when the test split's proposals were
+    computed). Spawned workers start clean; scripts that call load_proposals with workers > 1
+    need the usual `if __name__ == "__main__":` guard.
     """
-    others = [t for t in threading.enumerate()
-              if t is not threading.main_thread() and t.name != "tqdm_monitor"]
-    if "fork" in multiprocessing.get_all_start_methods() and threading.current_thread() is threading.main_thread() \
-            and not others:
-        return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")
 
 
