@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from minidet.backend import asnumpy, to_device
+from minidet.boxes import clip_boxes
 from minidet.convention import CAFFE, InputConvention
 
 SCORE_THRESH = 0.05
@@ -71,12 +72,8 @@ def detect(model, image_bgr, proposals, convention=CAFFE, scale=600, max_size=10
     scores, boxes = model.predict(to_device(chw[None], device), to_device(rois, device), chw.shape[1:],
                                   dedup=dedup)
     scores = asnumpy(scores)
-    boxes = asnumpy(boxes) / im_scale
-    # clip again in the original image: the blob's last pixel maps to (W' - 1) / s, not W - 1
-    boxes[:, 0::4] = np.clip(boxes[:, 0::4], 0, width - 1)
-    boxes[:, 1::4] = np.clip(boxes[:, 1::4], 0, height - 1)
-    boxes[:, 2::4] = np.clip(boxes[:, 2::4], 0, width - 1)
-    boxes[:, 3::4] = np.clip(boxes[:, 3::4], 0, height - 1)
+    # clipped again in the original image: the blob's last pixel maps to (W' - 1) / s, not W - 1
+    boxes = clip_boxes(asnumpy(boxes) / im_scale, (height, width))
     return select_detections(scores, boxes, score_thresh, nms_thresh, max_per_image)
 
 
@@ -87,17 +84,15 @@ def load_model(path, device="cpu"):
     proposal_mode: the selective search setup the model was trained with).
     A training checkpoint's bbox_pred predicts normalised deltas; it is folded to raw deltas here.
     """
-    from minidet.train import fold_for_saving, load_npz, rebuild_model
+    from minidet.train import fold_for_saving, load_npz, rebuild_model, scale_for_testing
 
     arrays, meta = load_npz(path)
     fmt = meta.get("format")
     if fmt == "minidet-checkpoint":
         state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
         state = fold_for_saving(state, len(meta["class_names"]) + 1)
-        config = meta["config"]
-        scales = config["scales"]
-        scale = config.get("test_scale") or (scales[0] if len(scales) == 1 else 600)
-        max_size = config["max_size"]
+        scale = scale_for_testing(meta["config"]["scales"], meta["config"].get("test_scale"))
+        max_size = meta["config"]["max_size"]
     elif fmt == "minidet-model":
         state, scale, max_size = arrays, meta["scale"], meta["max_size"]
     else:

@@ -256,8 +256,9 @@ def evaluate_checkpoint(checkpoint, data_dir, split="test", device="cpu", out=No
                         scale=None, class_names=None, use_07_metric=True, progress=True, workers=2, log=print):
     """Load a saved model, detect over a split, compute the VOC AP; write results into `out`.
 
-    Returns dict(map, ap {class name: AP or None}, images, seconds, scale) and, when `out` is given,
-    writes OUT/eval_<split>.json and OUT/pr_<split>.png.
+    Returns dict(map, ap {class name: AP or None}, images, split, scale, detect_seconds, metric,
+    checkpoint, detections (boxes, labels, scores lists)); when `out` is given, writes all but the
+    detections to OUT/eval_<split>.json and the precision-recall curves to OUT/pr_<split>.png.
     """
     from minidet.data.proposals import load_proposals
     from minidet.data.voc import VOCDataset

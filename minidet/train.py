@@ -87,7 +87,6 @@ class TrainConfig:
     max_size: int = 1000
     test_scale: int = None                   # recorded in final.npz; default: the single scale, else 600
     flip: bool = True
-    gt_jitter: int = 0                       # extra training candidates per object (jittered_gt_boxes)
     use_difficult: bool = False
     class_names: tuple = None                # when the folder has no classes.txt
     proposals_dir: str = None                # default: see proposals_cache_dir
@@ -145,25 +144,11 @@ def segment_seed(seed, iteration, stream=0):
     return int(np.random.SeedSequence([int(seed), int(iteration), int(stream)]).generate_state(1)[0])
 
 
-def find_dropouts(obj, seen=None):
-    """The Dropout layers held by obj's attributes (recursively), in a fixed order."""
+def find_dropouts(model):
+    """The model's Dropout layers, in forward order."""
     from minidet.nn.dropout import Dropout
 
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return []
-    seen.add(id(obj))
-    if isinstance(obj, Dropout):
-        return [obj]
-    if isinstance(obj, dict):
-        values = list(obj.values())
-    elif isinstance(obj, (list, tuple)):
-        values = list(obj)
-    elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("minidet"):
-        values = list(vars(obj).values())
-    else:
-        return []
-    return [d for v in values for d in find_dropouts(v, seen)]
+    return [layer for _, layer in model.named_layers() if isinstance(layer, Dropout)]
 
 
 def reseed_dropouts(model, seed, iteration):
@@ -205,17 +190,19 @@ def load_initial_weights(model, path):
     """Copy the parameters of a weights file whose names and shapes match the model's.
 
     Returns (convention, names loaded). ImageNet weights have no cls_score / bbox_pred (and a
-    1000-way fc8): those keep the model's own initialisation.
+    1000-way fc8): those keep the model's own initialisation. A trained model (OUT/final.npz)
+    predicts raw deltas; its bbox_pred is brought back to the normalised targets that training uses.
     """
     from minidet.weights import load_weights
 
     state, convention = load_weights(path)
+    if "bbox_pred.weight" in state and load_npz(path)[1].get("bbox_pred") == "raw deltas":
+        state = unfold_bbox_normalization(state, state["bbox_pred.weight"].shape[0] // 4)
     current = model.state_dict()
-    loaded = [k for k, v in state.items() if k in current and tuple(v.shape) == tuple(current[k].shape)]
+    loaded = sorted(k for k, v in state.items() if k in current and tuple(v.shape) == tuple(current[k].shape))
     if not loaded:
         raise ValueError(f"{path}: no parameter matches the model by name and shape")
-    current.update({k: np.asarray(state[k], dtype=current[k].dtype) for k in loaded})
-    model.load_state_dict(current)
+    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
     return convention, loaded
 
 
@@ -229,33 +216,6 @@ def proposals_cache_dir(data_dir, run_dir, proposals_dir=None):
         return os.path.join(data_dir, "proposals_cache")
     return os.path.join(os.path.dirname(os.path.abspath(run_dir)), "proposals_cache",
                         os.path.basename(os.path.abspath(data_dir)))
-
-
-def jittered_gt_boxes(dataset, count, seed=0, shift=0.1, log_scale=0.1):
-    """For each image, `count` random copies of each non-difficult ground-truth box, as extra
-    training candidates: centre moved by N(0, shift x size), width and height scaled by
-    exp(N(0, log_scale)), clipped to the image. -> list of (count x G_i, 4) float32, ds order.
-
-    Selective search finds an object with a few boxes at IoU >= 0.5, so an image gives the sampler
-    few foreground RoIs (about 7 per object on the synthetic set); these copies, most of them
-    above 0.5, give a network trained from scratch more foreground examples per step (and varied
-    regression targets). Test-time proposals are untouched.
-    """
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7]))
-    out = []
-    for i in range(len(dataset)):
-        a = dataset.annotation(i)
-        h, w = dataset.image_size(i)
-        gt = a["boxes"][~a["difficult"]].astype(np.float64)
-        size = np.repeat(gt[:, 2:] - gt[:, :2] + 1, count, axis=0)
-        centre = np.repeat(gt[:, :2], count, axis=0) + 0.5 * (size - 1)
-        centre += rng.normal(0, shift, size.shape) * size
-        size *= np.exp(rng.normal(0, log_scale, size.shape))
-        boxes = np.concatenate([centre - 0.5 * (size - 1), centre + 0.5 * (size - 1)], axis=1)
-        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, w - 1)
-        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, h - 1)
-        out.append(np.round(boxes).astype(np.float32).reshape(-1, 4))
-    return out
 
 
 def make_loader(config, dataset, proposals, convention, num_classes, iteration):
@@ -287,6 +247,20 @@ def fold_for_saving(state, num_classes):
     return fold_bbox_normalization(state, means, stds)
 
 
+def scale_for_testing(scales, chosen=None):
+    """The scale a model is tested at: `chosen`, else its one training scale, else the paper's 600."""
+    return int(chosen or (scales[0] if len(scales) == 1 else 600))
+
+
+def unfold_bbox_normalization(state, num_classes):
+    """The inverse of fold_for_saving: W' = W / std, b' = (b - mean) / std."""
+    means = np.tile(np.asarray(BBOX_MEANS, np.float64), num_classes)
+    stds = np.tile(np.asarray(BBOX_STDS, np.float64), num_classes)
+    weight, bias = state["bbox_pred.weight"], state["bbox_pred.bias"]
+    return dict(state, **{"bbox_pred.weight": (weight / stds[:, None]).astype(weight.dtype),
+                          "bbox_pred.bias": ((bias - means) / stds).astype(bias.dtype)})
+
+
 def model_meta(model, config, class_names, convention, iteration):
     """What a saved model needs to be rebuilt and used: architecture, classes, pixels."""
     return {
@@ -296,7 +270,7 @@ def model_meta(model, config, class_names, convention, iteration):
         "num_classes": len(class_names) + 1,
         "class_names": list(class_names),
         "convention": convention.to_dict(),
-        "scale": int(config.test_scale or (config.scales[0] if len(config.scales) == 1 else 600)),
+        "scale": scale_for_testing(config.scales, config.test_scale),
         "max_size": int(config.max_size),
         "bbox_pred": "raw deltas",
         "iteration": int(iteration),
@@ -383,12 +357,12 @@ def train(config, dataset=None, proposals=None, log=print):
         proposals = load_proposals(dataset, cache, workers=config.proposal_workers, mode=config.proposal_mode,
                                    progress=config.progress)
 
-    if config.gt_jitter:
-        extra = jittered_gt_boxes(dataset, config.gt_jitter, config.seed)
-        proposals = [np.concatenate([p, e]) for p, e in zip(proposals, extra)]
     model = build_model(config.preset, num_classes, seed=config.seed, **config.model_kwargs)
     convention = SCRATCH
-    if config.weights:
+    resuming = config.resume and os.path.exists(ckpt_path)
+    if config.resume and not resuming:
+        log(f"no checkpoint in {config.out}: starting from iteration 0")
+    if config.weights and not resuming:
         convention, loaded = load_initial_weights(model, config.weights)
         log(f"loaded {len(loaded)} arrays from {config.weights}")
     if config.device == "gpu":
@@ -397,24 +371,20 @@ def train(config, dataset=None, proposals=None, log=print):
                     weight_decay=config.weight_decay, step_size=config.step_size or None,
                     gamma=config.gamma, warmup_iters=config.warmup_iters, warmup_factor=config.warmup_factor)
 
-    start = 0
-    if config.resume and os.path.exists(ckpt_path):
+    start, checkpointed = 0, None       # checkpointed: the iteration of this run's last checkpoint
+    if resuming:
         arrays, meta = load_npz(ckpt_path)
         if list(meta["class_names"]) != list(class_names):
             raise ValueError(f"{ckpt_path}: classes {meta['class_names']} differ from the data's {list(class_names)}")
+        # in place, onto the parameters' device: the optimiser's arrays stay the model's
         model.load_state_dict({k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")})
-        if config.device == "gpu":
-            model.to("gpu")
-        optimizer.params = model.trainable_params()
         opt_state = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
         opt_state["iteration"] = meta["optimizer_iteration"]
         optimizer.load_state_dict(opt_state)
         convention = InputConvention.from_dict(meta["convention"])
-        start = int(meta["iteration"])
+        start = checkpointed = int(meta["iteration"])
         truncate_log(log_path, start)
         log(f"resumed from {ckpt_path} at iteration {start}")
-    elif config.resume:
-        log(f"no checkpoint in {config.out}: starting from iteration 0")
     if start == 0 and os.path.exists(log_path):
         os.remove(log_path)
     with open(os.path.join(config.out, "config.json"), "w") as f:
@@ -443,8 +413,8 @@ def train(config, dataset=None, proposals=None, log=print):
                                                           details=True)
                 loss = float(loss)
                 if not math.isfinite(loss):
-                    kept = (f"the last good checkpoint, {ckpt_path}, is kept"
-                            if os.path.exists(ckpt_path) else "no checkpoint had been written yet")
+                    kept = (f"the last good checkpoint, {ckpt_path} (iteration {checkpointed}), is kept"
+                            if checkpointed is not None else "no checkpoint of this run had been written")
                     raise TrainingDiverged(f"loss became {loss} at iteration {it + 1} (lr {optimizer.lr:.3g}); "
                                            f"training stopped before the update; {kept}")
                 lr = optimizer.lr
@@ -464,6 +434,7 @@ def train(config, dataset=None, proposals=None, log=print):
                 done = it + 1
                 if done == config.iters or (config.checkpoint_every and done % config.checkpoint_every == 0):
                     write_checkpoint(ckpt_path, model, optimizer, config, class_names, convention, done)
+                    checkpointed = done
                     if done < config.iters:
                         # the batches after a checkpoint depend on (seed, iteration) only: see the module doc
                         close_loader(loader)
@@ -477,8 +448,6 @@ def train(config, dataset=None, proposals=None, log=print):
             close_loader(loader)
 
     final_iteration = max(start, config.iters)
-    if start >= config.iters and not os.path.exists(ckpt_path):
-        write_checkpoint(ckpt_path, model, optimizer, config, class_names, convention, final_iteration)
     final_path = os.path.join(config.out, FINAL_NAME)
     write_final(final_path, model, config, class_names, convention, final_iteration)
     seconds = time.perf_counter() - started

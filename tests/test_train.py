@@ -15,19 +15,6 @@ from minidet.train import (BBOX_STDS, TrainConfig, TrainingDiverged, load_npz, r
 TINY_MODEL = dict(width=0.0625, fc_dim=32)   # channels 4, 8, 16, 32, 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny network's products are far too small for BLAS / OpenMP threads, whose spinning
-    slows them down many times on a busy machine: run these tests on one thread when possible."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1):
-        yield
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Six 64x80 synthetic images and proposals made from their boxes (jittered) plus random boxes."""
@@ -171,7 +158,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_pat
         return (np.asarray(np.nan) if len(calls) == 5 else loss), *rest
 
     monkeypatch.setattr(minidet.losses, "fast_rcnn_loss", nan_on_fifth_call)
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at iteration 5.*last good checkpoint"):
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at iteration 5.*last good checkpoint.*iteration 4"):
         run(dataset, proposals, tmp_path, iters=6, checkpoint_every=2)
     arrays, meta = load_npz(tmp_path / "checkpoint.npz")
     assert meta["iteration"] == 4
@@ -214,3 +201,39 @@ def test_trained_model_detects_over_a_data_set_and_is_evaluated(tiny, tmp_path):
     assert "mAP" in format_table(result, dataset.class_names)
     assert os.path.getsize(plot_pr_curves(result, dataset.class_names, str(tmp_path / "pr.png"))) > 0
     assert os.path.getsize(plot_losses(str(tmp_path / "log.jsonl"), str(tmp_path / "loss.png"))) > 0
+
+
+def test_initial_weights_load_what_matches_by_name_and_shape(tiny, tmp_path):
+    from minidet.convention import TORCHVISION
+    from minidet.train import build_model, load_initial_weights
+    from minidet.weights import save_weights
+
+    donor = build_model("small", 4, seed=1, **TINY_MODEL).state_dict()    # 3 classes: other head shapes
+    path = str(tmp_path / "weights.npz")
+    save_weights(path, {k: v for k, v in donor.items() if not k.startswith("conv5")}, TORCHVISION)
+    model = build_model("small", len(tiny[0].class_names) + 1, seed=0, **TINY_MODEL)
+    before = model.state_dict()
+    convention, loaded = load_initial_weights(model, path)
+    after = model.state_dict()
+    assert convention == TORCHVISION
+    assert "conv1_1.weight" in loaded and "fc6.weight" in loaded
+    assert not any(k.startswith(("conv5", "cls_score", "bbox_pred")) for k in loaded)
+    for name in after:
+        expected = donor[name] if name in loaded else before[name]
+        np.testing.assert_array_equal(after[name], expected, err_msg=name)
+
+
+def test_final_model_serves_as_initial_weights_of_another_run(tiny, tmp_path):
+    dataset, proposals = tiny
+    run(dataset, proposals, tmp_path / "first", iters=3)
+    from minidet.train import build_model, load_initial_weights
+
+    run(dataset, proposals, tmp_path / "second", iters=1, weights=str(tmp_path / "first" / "final.npz"))
+    _, meta = load_npz(tmp_path / "second" / "final.npz")
+    assert meta["convention"] == load_npz(tmp_path / "first" / "final.npz")[1]["convention"]
+    # the saved model's raw-delta bbox_pred comes back as the checkpoint's normalised one
+    model = build_model("small", len(dataset.class_names) + 1, **TINY_MODEL)
+    load_initial_weights(model, str(tmp_path / "first" / "final.npz"))
+    ckpt, _ = load_npz(tmp_path / "first" / "checkpoint.npz")
+    for name in ("bbox_pred.weight", "bbox_pred.bias", "fc7.weight"):
+        np.testing.assert_allclose(model.state_dict()[name], ckpt["model/" + name], rtol=1e-5, atol=1e-7)
