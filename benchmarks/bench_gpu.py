@@ -331,7 +331,7 @@ def worker(args):
     sgd = SGD(model.trainable_params(), lr=0.001, momentum=0.9, weight_decay=0.0005)
 
     def minidet_train():
-        cls_score, bbox_pred = model.forward(batch[0], batch[1], train=True)
+        cls_score, bbox_pred = model.train().forward(batch[0], batch[1])
         loss, dcls, dbbox = fast_rcnn_loss(cls_score, bbox_pred, *batch[2:])
         value = float(loss)
         model.backward(dcls, dbbox)

@@ -57,7 +57,7 @@ def training_targets(rng, num_rois, num_classes):
 # ---- minidet ---------------------------------------------------------------------------------
 
 def minidet_train_step(model, images, rois, targets):
-    cls_score, bbox_pred = model.forward(images, rois, train=True)
+    cls_score, bbox_pred = model.train().forward(images, rois)
     loss, dcls, dbbox = fast_rcnn_loss(cls_score, bbox_pred, *targets)
     model.backward(dcls, dbbox)
     return float(loss)
@@ -125,7 +125,7 @@ class TorchFastRCNN:
     def train_step(self, images, rois, labels, bbox_targets, bbox_weights):
         for t in self.params.values():
             t.grad = None
-        cls_score, bbox_pred = self.forward(images, rois, train=True)
+        cls_score, bbox_pred = self.train().forward(images, rois)
         loss = (self.F.cross_entropy(cls_score, labels)
                 + (bbox_weights * self.F.smooth_l1_loss(bbox_pred, bbox_targets, reduction="none", beta=1.0)).sum()
                 / len(rois))
@@ -134,7 +134,7 @@ class TorchFastRCNN:
 
     def test_forward(self, images, rois):
         with self.torch.no_grad():
-            return self.forward(images, rois, train=False)
+            return self.eval().forward(images, rois)
 
 
 def torch_profile(torch, fn, runs):

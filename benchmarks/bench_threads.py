@@ -55,7 +55,7 @@ def small_step_workload():
     targets = training_targets(rng, 128, model.num_classes)
 
     def step():
-        cls_score, bbox_pred = model.forward(images, rois, train=True)
+        cls_score, bbox_pred = model.train().forward(images, rois)
         loss, dcls_score, dbbox_pred = fast_rcnn_loss(cls_score, bbox_pred, *targets)
         model.backward(dcls_score, dbbox_pred)
         return float(loss)

@@ -13,7 +13,7 @@ import sys
 
 from minidet.backend import require_cupy
 from minidet.evaluate import evaluate_checkpoint
-from minidet.train import load_npz
+from minidet.checkpoint import load_npz
 
 
 def main(argv=None):

@@ -150,7 +150,9 @@ def main(argv=None):
     started = time.perf_counter()
     args = parse_args(argv)
     from minidet.backend import require_cupy
-    from minidet.train import TrainConfig, TrainingDiverged, plot_losses, train
+    from minidet.plots import plot_losses
+    from minidet.train import TrainingDiverged, train
+    from minidet.train_config import TrainConfig
 
     if args.device == "gpu":
         try:

@@ -38,3 +38,9 @@ CAFFE = InputConvention("BGR", 255.0, (102.9801, 115.9465, 122.7717), (1.0, 1.0,
 
 # RGB, 0..1, normalised by ImageNet statistics: torchvision's VGG16 checkpoints.
 TORCHVISION = InputConvention("RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+# A network trained from scratch sees pixels of unit scale: BGR minus the means, divided by the
+# ImageNet standard deviations (0.225, 0.224, 0.229 in 0..1 units, BGR order). Caffe's convention
+# (no division) feeds values of +-100 into He-initialised layers, whose activations then start
+# ~50x too large and the untrained network collapses onto the background class.
+SCRATCH = InputConvention("BGR", 255.0, CAFFE.mean, (57.375, 57.12, 58.395))

@@ -17,7 +17,8 @@ import numpy as np
 
 from minidet.backend import asnumpy, to_device
 from minidet.boxes import clip_boxes
-from minidet.convention import CAFFE, InputConvention
+from minidet.checkpoint import load_model  # noqa: F401  (detect's public surface: load, then detect)
+from minidet.convention import CAFFE
 
 SCORE_THRESH = 0.05
 NMS_THRESH = 0.3
@@ -75,36 +76,6 @@ def detect(model, image_bgr, proposals, convention=CAFFE, scale=600, max_size=10
     # clipped again in the original image: the blob's last pixel maps to (W' - 1) / s, not W - 1
     boxes = clip_boxes(asnumpy(boxes) / im_scale, (height, width))
     return select_detections(scores, boxes, score_thresh, nms_thresh, max_per_image)
-
-
-def load_model(path, device="cpu"):
-    """A trained model from OUT/final.npz (or OUT/checkpoint.npz) -> (model, info).
-
-    info: dict(class_names, convention (InputConvention), scale, max_size, preset, iteration,
-    proposal_mode: the selective search setup the model was trained with).
-    A training checkpoint's bbox_pred predicts normalised deltas; it is folded to raw deltas here.
-    """
-    from minidet.train import fold_for_saving, load_npz, rebuild_model, scale_for_testing
-
-    arrays, meta = load_npz(path)
-    fmt = meta.get("format")
-    if fmt == "minidet-checkpoint":
-        state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
-        state = fold_for_saving(state, len(meta["class_names"]) + 1)
-        scale = scale_for_testing(meta["config"]["scales"], meta["config"].get("test_scale"))
-        max_size = meta["config"]["max_size"]
-    elif fmt == "minidet-model":
-        state, scale, max_size = arrays, meta["scale"], meta["max_size"]
-    else:
-        raise ValueError(f"{path}: not a model or checkpoint written by minidet train")
-    model = rebuild_model(meta["model"])
-    model.load_state_dict(state)
-    if device == "gpu":
-        model.to("gpu")
-    info = dict(class_names=list(meta["class_names"]), convention=InputConvention.from_dict(meta["convention"]),
-                scale=int(scale), max_size=int(max_size), preset=meta.get("preset") or meta["config"]["preset"],
-                iteration=meta.get("iteration"), proposal_mode=meta["config"].get("proposal_mode", "fast"))
-    return model, info
 
 
 def class_colour(label):

@@ -263,7 +263,7 @@ def evaluate_checkpoint(checkpoint, data_dir, split="test", device="cpu", out=No
     from minidet.data.proposals import load_proposals
     from minidet.data.voc import VOCDataset
     from minidet.detect import load_model
-    from minidet.train import proposals_cache_dir
+    from minidet.data.proposals import proposals_cache_dir
 
     model, info = load_model(checkpoint, device)
     names = class_names or info["class_names"]

@@ -91,9 +91,9 @@ def check_loss(loss_fn, *inputs, wrt=(0,)):
 class FixedMaskDropout(Dropout):
     """Dropout that draws the same mask on every forward: finite differences need one fixed function."""
 
-    def forward(self, x, train=True):
+    def forward(self, x):
         self.generators.clear()  # back to the seed's first mask
-        return super().forward(x, train)
+        return super().forward(x)
 
 
 # ---- the cases of `minidet gradcheck`: each function(rng, seed) -> (shapes, {quantity: error}) ----

@@ -4,6 +4,7 @@ A loss is a 0-d array of its input's module (numpy or cupy): reading it with flo
 is the caller's choice, so the GPU never waits for the host inside a training step.
 """
 from minidet.backend import get_array_module
+from minidet.ops.softmax import log_softmax
 
 
 def softmax_log_loss(scores, labels):
@@ -15,11 +16,9 @@ def softmax_log_loss(scores, labels):
     xp = get_array_module(scores)
     labels = xp.asarray(labels)
     rows = xp.arange(len(labels))
-    shifted = scores - scores.max(axis=1, keepdims=True)  # exp <= 1: no overflow at any scale
-    exp = xp.exp(shifted)
-    sum_exp = exp.sum(axis=1)
-    loss = xp.mean(xp.log(sum_exp) - shifted[rows, labels])
-    dscores = exp / sum_exp[:, None]
+    log_p = log_softmax(scores)
+    loss = -xp.mean(log_p[rows, labels])
+    dscores = xp.exp(log_p)                  # softmax(s)
     dscores[rows, labels] -= 1
     dscores /= len(labels)
     return xp.asarray(loss), dscores

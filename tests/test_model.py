@@ -5,8 +5,9 @@ import pytest
 from minidet.backend import gpu_available
 from minidet.gradcheck import FixedMaskDropout, relative_error
 from minidet.losses import fast_rcnn_loss
-from minidet.models.fast_rcnn import FastRCNN, fold_bbox_normalization, unique_pooled_rois
-from minidet.models.vgg16 import VGG16, conv_names, conv_output_size, vgg16_channels
+from minidet.checkpoint import fold_bbox_normalization, unfold_bbox_normalization
+from minidet.models.fast_rcnn import FastRCNN, unique_pooled_rois
+from minidet.models.vgg16 import conv_names, conv_output_size, vgg16_channels, vgg16_trunk
 from tests.reference import as_torch, assert_close, require_torch, require_torchvision, to_numpy
 
 
@@ -66,7 +67,7 @@ def directional_errors(params, grads, loss_value, rng, entries=8, eps=1e-5):
 def test_conv5_3_size_follows_caffe_ceil_pooling():
     assert conv_output_size((600, 1000)) == (38, 63)          # SPEC: torch's floor would give 37x62
     assert conv_output_size((35, 50)) == (3, 4)               # 35 -> 18 -> 9 -> 5 -> 3, 50 -> 25 -> 13 -> 7 -> 4
-    features = VGG16(width=1 / 32, dtype=np.float64).forward(np.ones((1, 3, 35, 50)))
+    features = vgg16_trunk(width=1 / 32, dtype=np.float64).forward(np.ones((1, 3, 35, 50)))
     assert features.shape == (1, 16, 3, 4)
 
 
@@ -107,10 +108,10 @@ def test_whole_model_gradient_matches_finite_differences(rng):
     targets = training_targets(rng, len(rois), model.num_classes)
 
     def loss_value():
-        cls_score, bbox_pred = model.forward(images, rois, train=True)
+        cls_score, bbox_pred = model.train().forward(images, rois)
         return float(fast_rcnn_loss(cls_score, bbox_pred, *targets)[0])
 
-    cls_score, bbox_pred = model.forward(images, rois, train=True)
+    cls_score, bbox_pred = model.train().forward(images, rois)
     _, dcls, dbbox = fast_rcnn_loss(cls_score, bbox_pred, *targets)
     model.backward(dcls, dbbox)
     grads = {k: v.copy() for k, v in model.grads().items()}
@@ -123,16 +124,16 @@ def test_whole_model_gradient_matches_finite_differences(rng):
 
 def test_layers_below_trainable_from_do_no_backward_work(rng, monkeypatch):
     model = FastRCNN(num_classes=3, width=1 / 32, fc_dim=16, dtype=np.float64)   # trainable_from="conv3_1"
-    names = [name for name, _ in model.layers]
-    lowest = names.index("conv3_1")
-    for name, layer in model.layers[:lowest]:
+    layers = model.named_layers()
+    lowest = [name for name, _ in layers].index("conv3_1")
+    for name, layer in layers[:lowest]:
         monkeypatch.setattr(layer, "backward", lambda dy, name=name: pytest.fail(f"backward reached {name}"))
     called = []
     conv3_1 = model.layer("conv3_1")
     original = conv3_1.backward
     monkeypatch.setattr(conv3_1, "backward", lambda dy: called.append(original(dy)))
     rois = random_rois(rng, 5, 1, 40, 40)
-    cls_score, bbox_pred = model.forward(rng.standard_normal((1, 3, 40, 40)), rois, train=True)
+    cls_score, bbox_pred = model.train().forward(rng.standard_normal((1, 3, 40, 40)), rois)
     model.backward(np.ones_like(cls_score), np.ones_like(bbox_pred))
 
     assert called == [None]                        # conv3_1 trained, but computes no input gradient
@@ -184,7 +185,7 @@ def test_scores_loss_and_gradients_match_torch(rng):
     images = rng.standard_normal((2, 3, 50, 70))          # odd sizes: ceil pooling matters (-> 4x5)
     rois = random_rois(rng, 12, 2, 50, 70)
     labels, bbox_targets, bbox_weights = training_targets(rng, len(rois), model.num_classes)
-    cls_score, bbox_pred = model.forward(images, rois, train=True)
+    cls_score, bbox_pred = model.train().forward(images, rois)
     loss, dcls, dbbox = fast_rcnn_loss(cls_score, bbox_pred, labels, bbox_targets, bbox_weights)
     model.backward(dcls, dbbox)
 
@@ -211,7 +212,7 @@ def test_dropout_is_identity_at_test_time(rng):
     first = model.forward(images, rois)
     second = model.forward(images, rois)
     np.testing.assert_array_equal(first[0], second[0])
-    trained = model.forward(images, rois, train=True)
+    trained = model.train().forward(images, rois)
     assert not np.allclose(trained[0], first[0])
 
 
@@ -269,7 +270,7 @@ def test_float32_model_casts_loaded_arrays():
 def test_small_preset_is_narrow_and_fully_trained():
     model = FastRCNN.small(4)
     assert vgg16_channels(model.width) == (16, 32, 64, 128, 128)
-    assert [n for n, _ in model.layers if n.startswith("conv")] == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
+    assert [n for n, _ in model.named_layers() if n.startswith("conv")] == ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
     assert model.fc_dim == 256 and model.trainable_from == "conv1_1"
     assert sorted(model.trainable_params()) == sorted(model.params())
     rebuilt = FastRCNN(**model.config)
@@ -324,6 +325,15 @@ def test_fold_bbox_normalization_predicts_raw_deltas(rng):
     assert folded["fc6.weight"] is state["fc6.weight"]
     with pytest.raises(ValueError, match="stds"):
         fold_bbox_normalization(state, means, (1, 2, 3))
+
+
+def test_unfold_bbox_normalization_inverts_the_fold(rng):
+    state = tiny_model().state_dict()
+    state["bbox_pred.bias"] = rng.standard_normal(12).astype(np.float32)
+    means, stds = (0.1, -0.2, 0.0, 0.3), (0.1, 0.1, 0.2, 0.2)
+    back = unfold_bbox_normalization(fold_bbox_normalization(state, means, stds), means, stds)
+    for name in ("bbox_pred.weight", "bbox_pred.bias"):
+        np.testing.assert_allclose(back[name], state[name], rtol=1e-6, atol=1e-7)
 
 
 def test_cpu_move_is_a_no_op_and_gpu_needs_cupy(rng):

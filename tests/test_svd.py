@@ -96,13 +96,14 @@ def test_compressed_network_backward_matches_finite_differences(rng):
     model.compress(fc6_rank=6, fc7_rank=5)
     images, rois = rng.standard_normal((2, 3, 32, 48)), random_rois(rng, 6, 2, 32, 48)
     targets = training_targets(rng, len(rois), model.num_classes)
-    features = model.run_layers(images, rois, stop="flatten").copy()   # fixed: nothing below fc6 trains
+    model.train()
+    pooled = model.roi_pool.forward(model.trunk.forward(images), rois).copy()   # fixed: nothing below fc6 trains
 
     def loss_value():
-        x = model.run_layers(features, start="fc6", train=True)
+        x = model.head.forward(pooled)
         return float(fast_rcnn_loss(model.cls_score.forward(x), model.bbox_pred.forward(x), *targets)[0])
 
-    _, dcls, dbbox = fast_rcnn_loss(*model.forward(images, rois, train=True), *targets)
+    _, dcls, dbbox = fast_rcnn_loss(*model.train().forward(images, rois), *targets)
     model.backward(dcls, dbbox)
     grads = {k: v.copy() for k, v in model.grads().items()}
     assert {"fc6.weight_sv", "fc6.weight_u", "fc6.bias", "fc7.weight_sv"} <= set(grads)

@@ -6,11 +6,13 @@ import os
 import numpy as np
 import pytest
 
-import minidet.losses
+import minidet.train
 from minidet.data.synthetic import write_synthetic_voc
 from minidet.data.voc import VOCDataset
-from minidet.train import (BBOX_STDS, TrainConfig, TrainingDiverged, load_npz, read_log, save_npz_atomic,
-                           train)
+from minidet.checkpoint import BBOX_STDS, load_npz, save_npz
+from minidet.runlog import read_log
+from minidet.train import TrainingDiverged, train
+from minidet.train_config import TrainConfig
 
 TINY_MODEL = dict(width=0.0625, fc_dim=32)   # channels 4, 8, 16, 32, 32
 
@@ -108,7 +110,7 @@ def test_load_model_reads_final_and_checkpoint_alike(tiny, tmp_path):
 
 def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = str(tmp_path / "checkpoint.npz")
-    save_npz_atomic(path, {"w": np.arange(3.0)}, {"iteration": 1})
+    save_npz(path, {"w": np.arange(3.0)}, {"iteration": 1})
 
     def half_then_fail(f, **arrays):
         f.write(b"PK\x03\x04 half a file")
@@ -116,7 +118,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, mo
 
     monkeypatch.setattr(np, "savez", half_then_fail)
     with pytest.raises(OSError, match="disk full"):
-        save_npz_atomic(path, {"w": np.zeros(3)}, {"iteration": 2})
+        save_npz(path, {"w": np.zeros(3)}, {"iteration": 2})
     monkeypatch.undo()
     arrays, meta = load_npz(path)
     assert meta["iteration"] == 1
@@ -149,7 +151,7 @@ def test_training_killed_while_checkpointing_resumes_from_the_previous_checkpoin
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
     dataset, proposals = tiny
-    real_loss = minidet.losses.fast_rcnn_loss
+    real_loss = minidet.train.fast_rcnn_loss
     calls = []
 
     def nan_on_fifth_call(*args, **kw):
@@ -157,7 +159,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_pat
         loss, *rest = real_loss(*args, **kw)
         return (np.asarray(np.nan) if len(calls) == 5 else loss), *rest
 
-    monkeypatch.setattr(minidet.losses, "fast_rcnn_loss", nan_on_fifth_call)
+    monkeypatch.setattr(minidet.train, "fast_rcnn_loss", nan_on_fifth_call)
     with pytest.raises(TrainingDiverged, match=r"loss became nan at iteration 5.*last good checkpoint.*iteration 4"):
         run(dataset, proposals, tmp_path, iters=6, checkpoint_every=2)
     arrays, meta = load_npz(tmp_path / "checkpoint.npz")
@@ -181,7 +183,7 @@ def test_loss_falls_on_a_short_run(tiny, tmp_path):
 def test_trained_model_detects_over_a_data_set_and_is_evaluated(tiny, tmp_path):
     from minidet.detect import load_model
     from minidet.evaluate import detect_dataset, evaluate_detections, format_table, plot_pr_curves
-    from minidet.train import plot_losses
+    from minidet.plots import plot_losses
 
     dataset, proposals = tiny
     run(dataset, proposals, tmp_path, iters=3)
@@ -205,7 +207,7 @@ def test_trained_model_detects_over_a_data_set_and_is_evaluated(tiny, tmp_path):
 
 def test_initial_weights_load_what_matches_by_name_and_shape(tiny, tmp_path):
     from minidet.convention import TORCHVISION
-    from minidet.train import build_model, load_initial_weights
+    from minidet.checkpoint import build_model, load_initial_weights
     from minidet.weights import save_weights
 
     donor = build_model("small", 4, seed=1, **TINY_MODEL).state_dict()    # 3 classes: other head shapes
@@ -226,7 +228,7 @@ def test_initial_weights_load_what_matches_by_name_and_shape(tiny, tmp_path):
 def test_final_model_serves_as_initial_weights_of_another_run(tiny, tmp_path):
     dataset, proposals = tiny
     run(dataset, proposals, tmp_path / "first", iters=3)
-    from minidet.train import build_model, load_initial_weights
+    from minidet.checkpoint import build_model, load_initial_weights
 
     run(dataset, proposals, tmp_path / "second", iters=1, weights=str(tmp_path / "first" / "final.npz"))
     _, meta = load_npz(tmp_path / "second" / "final.npz")

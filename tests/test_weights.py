@@ -115,9 +115,9 @@ def test_torchvision_vgg16_converts_without_torch_and_gives_torch_features(tmp_p
     for key in expected:
         np.testing.assert_array_equal(state_dict[key], expected[key], err_msg=key)
 
-    from minidet.models.vgg16 import VGG16  # the backbone with the converted weights
-    backbone = VGG16(width=1 / 16, dtype=np.float64)
-    for name, layer in backbone.layers:
+    from minidet.models.vgg16 import vgg16_trunk  # the backbone with the converted weights
+    backbone = vgg16_trunk(width=1 / 16, dtype=np.float64)
+    for name, layer in backbone.named_layers():
         for key in layer.params:
             layer.params[key][...] = state_dict[f"{name}.{key}"]
     # 64x96: every pool input is even, where torchvision's floor pools and Caffe's ceil pools agree

@@ -5,7 +5,7 @@ in its "fast" mode (SPEC.md "Proposals"). Computing them is the slowest step of 
 pipeline (seconds per VOC image on one core), so they are computed once per image, in
 parallel worker processes, and cached on disk: one .npy file per image, named by a hash of
 the image file's bytes and of the settings, so a changed image or changed settings never
-reuse a stale file. Files are written atomically (a temporary file, then os.replace), an
+reuse a stale file. Files are written atomically (minidet.atomic), an
 interrupted run resumes where it stopped, and a damaged file is reported and recomputed.
 
 Boxes everywhere are (x1, y1, x2, y2), 0-based, pixel-inclusive, float32.
@@ -23,6 +23,8 @@ import warnings
 
 import cv2
 import numpy as np
+
+from minidet.atomic import atomic_write
 
 CACHE_VERSION = 1
 
@@ -194,10 +196,8 @@ def read_cache(path):
 
 def write_cache(path, boxes):
     """Write atomically: a reader sees the old file, no file, or the whole new one."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         np.save(f, boxes)
-    os.replace(tmp, path)
 
 
 def _compute(image_path, out_path, settings):
@@ -224,6 +224,18 @@ def _pool_context():
     need the usual `if __name__ == "__main__":` guard.
     """
     return multiprocessing.get_context("spawn")
+
+
+def proposals_cache_dir(data_dir, run_dir, proposals_dir=None):
+    """Where proposals are cached (one file per image, named by image and settings, any split):
+    proposals_dir when given; else DATA_DIR/proposals_cache, as `minidet proposals` uses, when the
+    data folder is writable; else a proposals_cache folder beside the run folder."""
+    if proposals_dir:
+        return proposals_dir
+    if os.access(data_dir, os.W_OK):
+        return os.path.join(data_dir, "proposals_cache")
+    return os.path.join(os.path.dirname(os.path.abspath(run_dir)), "proposals_cache",
+                        os.path.basename(os.path.abspath(data_dir)))
 
 
 def load_proposals(dataset, cache_dir, workers=2, max_boxes=2000, mode="fast", min_size=2, max_side=500,

@@ -1,5 +1,5 @@
 """Networks assembled from minidet.nn layers."""
-from minidet.models.fast_rcnn import FastRCNN, fold_bbox_normalization
-from minidet.models.vgg16 import VGG16
+from minidet.models.fast_rcnn import FastRCNN
+from minidet.models.vgg16 import vgg16_trunk
 
-__all__ = ["FastRCNN", "VGG16", "fold_bbox_normalization"]
+__all__ = ["FastRCNN", "vgg16_trunk"]

@@ -1,25 +1,27 @@
-"""The Fast R-CNN network: VGG16 trunk, RoI pooling, two fully connected layers, two heads.
+"""The Fast R-CNN network: a VGG16 trunk, RoI pooling, two fully connected layers, two heads.
 
-    images (N, 3, H, W) -> conv1_1 .. relu5_3 (N, C5, H/16, W/16) -> roi_pool5 (R, C5, 7, 7)
-      -> flatten (R, 49 C5) -> fc6, relu6, drop6 -> fc7, relu7, drop7 (R, D)
+    images (N, 3, H, W) -> trunk: conv1_1 .. relu5_3 (N, C5, H/16, W/16) -> roi_pool (R, C5, 7, 7)
+      -> head: flatten (R, 49 C5), fc6, relu6, drop6, fc7, relu7, drop7 (R, D)
       -> cls_score (R, K+1) and bbox_pred (R, 4(K+1)), both reading fc7's output.
 
-The forward runs `self.layers` in order and then the two heads; the backward adds the two heads'
-input gradients (both read fc7's output) and runs the same list in reverse, down to the lowest
-trained layer and no further: layers below it are frozen and cost no backward work at all, and
-the lowest trained layer itself computes no input gradient. The paper trains conv3_1 and above.
+The backward runs the same parts in reverse, adding the two heads' input gradients (both read fc7's
+output), down to the lowest trained layer and no further: layers below it are frozen and cost no
+backward work at all, and the lowest trained layer itself computes no input gradient (Sequential
+stops at the first layer that returns None). The paper trains conv3_1 and above.
 """
 import numpy as np
 
 from minidet.backend import asnumpy, get_array_module, to_device
 from minidet.boxes import bbox_transform_inv, clip_boxes
 from minidet.models.svd import compress_fast_rcnn
-from minidet.models.vgg16 import FEATURE_STRIDE, VGG16_DEPTH, conv_names, vgg16_channels, vgg16_layers
+from minidet.models.vgg16 import FEATURE_STRIDE, VGG16_DEPTH, conv_names, vgg16_channels, vgg16_trunk
 from minidet.nn.activation import ReLU
 from minidet.nn.dropout import Dropout
+from minidet.nn.layer import Sequential
 from minidet.nn.linear import Linear
 from minidet.nn.reshape import Flatten
 from minidet.nn.roi_pool import RoIPool
+from minidet.ops.softmax import softmax
 
 POOLED_SIZE = (7, 7)
 CLS_SCORE_STD = 0.01    # the paper's initialisation of the new layers
@@ -27,17 +29,19 @@ BBOX_PRED_STD = 0.001
 
 
 class FastRCNN:
-    """VGG16 Fast R-CNN with hand-written forward and backward.
+    """VGG16 Fast R-CNN with hand-written forward and backward. Not itself a Layer: it takes images and
+    RoIs, and its backward takes the gradients of its two outputs.
 
     num_classes: K+1, background included (21 for VOC).
     width: multiplier of the trunk's channels (1.0: VGG16's 64 .. 512); fc_dim: width of fc6 and fc7.
     trainable_from: the lowest trained layer ("conv3_1" as in the paper; any conv name, "fc6",
         "fc7" or "cls_score"); every layer below it is frozen.
-    dropout: probability of dropping a unit after fc6 and after fc7 (training only).
+    dropout: probability of dropping a unit after fc6 and after fc7 (in training mode only).
     depth: convolutions per stage of the trunk ((2, 2, 3, 3, 3): VGG16's).
     dtype: float32, or float64 for gradient checks. seed: initialisation and dropout masks.
     New layers start as the paper's: cls_score ~ N(0, 0.01^2), bbox_pred ~ N(0, 0.001^2), biases 0;
     the convolutions, fc6 and fc7 take He's N(0, sqrt(2 / fan_in)) until weights are loaded.
+    A new network is in test mode: `train()` before training, `eval()` after.
     """
 
     def __init__(self, num_classes=21, width=1.0, fc_dim=4096, trainable_from="conv3_1",
@@ -47,9 +51,9 @@ class FastRCNN:
         self.dropout, self.dtype = float(dropout), np.dtype(dtype)
         self.depth = tuple(int(d) for d in depth)
         channels = vgg16_channels(width)[-1]
+        self.trunk = vgg16_trunk(width, dtype, rng, self.depth)
         self.roi_pool = RoIPool(output_size=POOLED_SIZE, spatial_scale=1.0 / FEATURE_STRIDE)
-        self.layers = vgg16_layers(width, dtype, rng, self.depth) + [
-            ("roi_pool5", self.roi_pool),
+        self.head = Sequential([
             ("flatten", Flatten()),
             ("fc6", Linear(channels * POOLED_SIZE[0] * POOLED_SIZE[1], fc_dim, dtype=dtype, rng=rng)),
             ("relu6", ReLU()),
@@ -57,21 +61,21 @@ class FastRCNN:
             ("fc7", Linear(fc_dim, fc_dim, dtype=dtype, rng=rng)),
             ("relu7", ReLU()),
             ("drop7", Dropout(dropout, seed=int(rng.integers(2 ** 31)))),
-        ]
+        ])
         self.cls_score = Linear(fc_dim, num_classes, dtype=dtype, rng=rng)
         self.bbox_pred = Linear(fc_dim, 4 * num_classes, dtype=dtype, rng=rng)
         for layer, std in ((self.cls_score, CLS_SCORE_STD), (self.bbox_pred, BBOX_PRED_STD)):
             layer.params["weight"][...] = rng.normal(0.0, std, layer.params["weight"].shape)
             layer.params["bias"][...] = 0
         self.set_trainable_from(trainable_from)
+        self.eval()
 
     @classmethod
     def small(cls, num_classes=21, width=0.25, fc_dim=256, trainable_from="conv1_1",
               depth=(1, 1, 1, 1, 1), **kw):
         """The narrow preset that trains from scratch on a CPU: one convolution per stage with
-        16, 32, 64, 128, 128 channels, fc6/fc7 of 256, every layer trained. Without pretrained
-        weights a 5-convolution trunk learns much faster than VGG16's 13 (on the synthetic set,
-        mAP 0.48 against 0.30 after 800 and 1000 iterations). Any argument may be overridden."""
+        16, 32, 64, 128, 128 channels, fc6/fc7 of 256, every layer trained (a 5-convolution trunk
+        learns much faster from scratch than VGG16's 13). Any argument may be overridden."""
         return cls(num_classes, width=width, fc_dim=fc_dim, trainable_from=trainable_from, depth=depth, **kw)
 
     @property
@@ -80,11 +84,42 @@ class FastRCNN:
         return {"num_classes": self.num_classes, "width": self.width, "fc_dim": self.fc_dim,
                 "trainable_from": self.trainable_from, "dropout": self.dropout, "depth": list(self.depth)}
 
+    # -- forward and backward --------------------------------------------------------------
+
+    def forward(self, images, rois):
+        """images (N, 3, H, W), rois (R, 5) [batch index, x1, y1, x2, y2] in image pixels
+        -> cls_score (R, K+1), bbox_pred (R, 4(K+1))."""
+        features = self.trunk.forward(images)
+        x = self.head.forward(self.roi_pool.forward(features, get_array_module(images).asarray(rois)))
+        return self.cls_score.forward(x), self.bbox_pred.forward(x)
+
+    def backward(self, dcls_score, dbbox_pred):
+        """Fill every trained layer's grads from dL/dcls_score (R, K+1) and dL/dbbox_pred (R, 4(K+1))."""
+        dx = self.cls_score.backward(dcls_score)
+        dx_bbox = self.bbox_pred.backward(dbbox_pred)
+        if dx is None:                  # only the heads are trained
+            return
+        dx += dx_bbox                   # both heads read fc7's output: their gradients add
+        dx = self.head.backward(dx)
+        if dx is not None:              # None: the lowest trained layer is in the head
+            self.trunk.backward(self.roi_pool.backward(dx))
+
+    def train(self, mode=True):
+        """Training mode (dropout draws masks) when mode is True, test mode otherwise; returns self."""
+        self.training = bool(mode)
+        for part in (self.trunk, self.roi_pool, self.head, self.cls_score, self.bbox_pred):
+            part.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
     # -- structure --------------------------------------------------------------------------
 
     def named_layers(self):
         """[(name, layer)] of the whole network in forward order, the two heads last."""
-        return self.layers + [("cls_score", self.cls_score), ("bbox_pred", self.bbox_pred)]
+        return (self.trunk.named_layers() + [("roi_pool5", self.roi_pool)] + self.head.named_layers()
+                + [("cls_score", self.cls_score), ("bbox_pred", self.bbox_pred)])
 
     def layer(self, name):
         """The layer called `name` ("conv3_1", "fc6", "cls_score", ...); KeyError if there is none."""
@@ -94,9 +129,11 @@ class FastRCNN:
         raise KeyError(f"no layer {name!r}; layers: {[n for n, _ in self.named_layers()]}")
 
     def replace_layer(self, name, new_layer):
-        """Put new_layer in the place of layer `name` (same name), keeping the trained range."""
-        index = [n for n, _ in self.layers].index(name)
-        self.layers[index] = (name, new_layer)
+        """Put new_layer in the place of the trunk's or the head's layer `name`, keeping the trained
+        range and the mode."""
+        part = self.trunk if name in [n for n, _ in self.trunk.layers] else self.head
+        part[name] = new_layer
+        new_layer.train(self.training)
         self.set_trainable_from(self.trainable_from)
 
     def set_trainable_from(self, name):
@@ -105,15 +142,16 @@ class FastRCNN:
         Layers below: frozen (no parameter gradients) and no input gradient, so the backward never
         reaches them. The lowest trained layer: parameter gradients, but no input gradient.
         """
-        names = [n for n, _ in self.named_layers()]
+        layers = self.named_layers()
+        names = [n for n, _ in layers]
         trainable_names = conv_names(self.depth) + ("fc6", "fc7", "cls_score")
         if name not in trainable_names:
             raise ValueError(f"trainable_from must be one of {trainable_names}, got {name!r}")
         self.trainable_from = name
         self.lowest_trained = names.index(name)
-        heads_start = len(self.layers)
-        for index, (layer_name, layer) in enumerate(self.named_layers()):
-            if not hasattr(layer, "frozen"):   # no parameters (ReLU, pools, dropout, reshape)
+        heads_start = names.index("cls_score")
+        for index, (_, layer) in enumerate(layers):
+            if not layer.params:        # ReLU, pools, dropout, reshape: nothing to train
                 continue
             layer.frozen = index < self.lowest_trained
             # the heads both read fc7: when they are the lowest trained layers, neither needs dx
@@ -126,39 +164,6 @@ class FastRCNN:
         """[(name, layer)] of the trained layers that have parameters, in forward order."""
         return [(n, layer) for i, (n, layer) in enumerate(self.named_layers())
                 if i >= self.lowest_trained and layer.params]
-
-    # -- forward and backward --------------------------------------------------------------
-
-    def run_layers(self, x, rois=None, train=False, start=None, stop=None):
-        """Run self.layers from `start` to `stop` (names, both included; default: all) on x."""
-        names = [n for n, _ in self.layers]
-        first = names.index(start) if start else 0
-        last = names.index(stop) if stop else len(names) - 1
-        for name, layer in self.layers[first:last + 1]:
-            if layer is self.roi_pool:
-                x = layer.forward(x, rois)           # each RoI's 7x7 cells of its image's map
-            elif isinstance(layer, Dropout):
-                x = layer.forward(x, train=train)
-            else:
-                x = layer.forward(x)
-        return x
-
-    def forward(self, images, rois, train=False):
-        """images (N, 3, H, W), rois (R, 5) [batch index, x1, y1, x2, y2] in image pixels
-        -> cls_score (R, K+1), bbox_pred (R, 4(K+1)). train=True draws dropout masks."""
-        xp = get_array_module(images)
-        x = self.run_layers(images, xp.asarray(rois), train)
-        return self.cls_score.forward(x), self.bbox_pred.forward(x)
-
-    def backward(self, dcls_score, dbbox_pred):
-        """Fill every trained layer's grads from dL/dcls_score (R, K+1) and dL/dbbox_pred (R, 4(K+1))."""
-        dx = self.cls_score.backward(dcls_score)
-        dx_bbox = self.bbox_pred.backward(dbbox_pred)
-        if dx is None:                  # only the heads are trained
-            return
-        dx += dx_bbox                   # both heads read fc7's output: their gradients add
-        for name, layer in reversed(self.layers[self.lowest_trained:]):
-            dx = layer.backward(dx)     # the lowest trained layer returns None
 
     def grads(self):
         """{"conv3_1.weight": gradient, ...} of the trained parameters, after backward."""
@@ -237,8 +242,7 @@ class FastRCNN:
             cls_score, bbox_pred = cls_score[inverse], bbox_pred[inverse]
         else:
             cls_score, bbox_pred = self.forward(images, rois)
-        exp = xp.exp(cls_score - cls_score.max(axis=1, keepdims=True))
-        scores = exp / exp.sum(axis=1, keepdims=True)
+        scores = softmax(cls_score)
         boxes = clip_boxes(bbox_transform_inv(rois[:, 1:5], bbox_pred), image_size)
         return scores, boxes
 
@@ -266,28 +270,3 @@ def unique_pooled_rois(rois, dtype=np.float32):
         packed = packed * span + keys[:, column]
     _, unique, inverse = xp.unique(packed, return_index=True, return_inverse=True)
     return unique, inverse.reshape(-1)
-
-
-def fold_bbox_normalization(state_dict, means, stds):
-    """A new state dict whose bbox_pred predicts raw deltas: W' = W x std, b' = b x std + mean.
-
-    The network is trained on targets (t - mean) / std; saving the folded layer lets every user of
-    the model decode its output directly. means, stds: 4 values (one per coordinate, the same for
-    every class) or 4(K+1) values. Other entries are shared with state_dict, not copied.
-    """
-    weight, bias = np.asarray(state_dict["bbox_pred.weight"]), np.asarray(state_dict["bbox_pred.bias"])
-    rows = weight.shape[0]
-
-    def per_row(values, what):
-        values = np.asarray(values, dtype=np.float64).reshape(-1)
-        if values.size == 4:
-            values = np.tile(values, rows // 4)
-        if values.size != rows:
-            raise ValueError(f"{what} needs 4 or {rows} values, got {values.size}")
-        return values
-
-    means, stds = per_row(means, "means"), per_row(stds, "stds")
-    folded = dict(state_dict)
-    folded["bbox_pred.weight"] = (weight * stds[:, None]).astype(weight.dtype)
-    folded["bbox_pred.bias"] = (bias * stds + means).astype(bias.dtype)
-    return folded

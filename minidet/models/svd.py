@@ -16,9 +16,11 @@ import numpy as np
 import scipy.linalg
 
 from minidet.backend import asnumpy, get_array_module, is_gpu_array, require_cupy
+from minidet.nn.layer import Layer
+from minidet.ops.softmax import softmax
 
 
-class TruncatedLinear:
+class TruncatedLinear(Layer):
     """y = (x SV^T) U^T + b, a fully connected layer of rank t.
 
     x (N, in) -> h = x SV^T (N, t) -> y = h U^T + b (N, out);
@@ -27,13 +29,11 @@ class TruncatedLinear:
     """
 
     def __init__(self, weight_sv, weight_u, bias):
+        super().__init__()
         if weight_sv.shape[0] != weight_u.shape[1] or weight_u.shape[0] != bias.shape[0]:
             raise ValueError(f"factor shapes do not chain: weight_sv {weight_sv.shape}, weight_u "
                              f"{weight_u.shape}, bias {bias.shape}")
         self.params = {"weight_sv": weight_sv, "weight_u": weight_u, "bias": bias}
-        self.grads = {}
-        self.frozen = False
-        self.needs_input_grad = True
 
     @property
     def rank(self):
@@ -106,23 +106,17 @@ def _synchronize(x):
 
 
 def time_fc_part(model, features, repeat=3):
-    """Median seconds of the fc part (fc6 .. the two heads) on flattened RoI features; and its outputs."""
+    """Median seconds of the fc part (the head and the two outputs) on pooled RoI features; and its outputs."""
     times = []
     outputs = None
     for _ in range(repeat + 1):   # the first run warms caches and is not counted
         _synchronize(features)
         start = time.perf_counter()
-        x = model.run_layers(features, start="fc6")
+        x = model.head.forward(features)
         outputs = model.cls_score.forward(x), model.bbox_pred.forward(x)
         _synchronize(outputs[0])
         times.append(time.perf_counter() - start)
     return float(np.median(times[1:])), outputs
-
-
-def _softmax(scores):
-    xp = get_array_module(scores)
-    e = xp.exp(scores - scores.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def compress_fast_rcnn(model, fc6_rank=1024, fc7_rank=256, images=None, rois=None, repeat=3):
@@ -138,7 +132,7 @@ def compress_fast_rcnn(model, fc6_rank=1024, fc7_rank=256, images=None, rois=Non
     report = {}
     if measure:
         rois = get_array_module(images).asarray(rois)
-        features = model.run_layers(images, rois, stop="flatten")
+        features = model.roi_pool.forward(model.trunk.forward(images), rois)
         before_s, (scores_before, bbox_before) = time_fc_part(model, features, repeat)
     for name, rank in (("fc6", fc6_rank), ("fc7", fc7_rank)):
         layer = model.layer(name)
@@ -152,7 +146,7 @@ def compress_fast_rcnn(model, fc6_rank=1024, fc7_rank=256, images=None, rois=Non
     report["fc_macs_ratio"] = report["fc_macs_before"] / report["fc_macs_after"]
     if measure:
         after_s, (scores_after, bbox_after) = time_fc_part(model, features, repeat)
-        p_before, p_after = _softmax(scores_before), _softmax(scores_after)
+        p_before, p_after = softmax(scores_before), softmax(scores_after)
         report.update({
             "fc_seconds_before": before_s, "fc_seconds_after": after_s, "fc_speedup": before_s / after_s,
             "num_rois": int(len(rois)),

@@ -12,9 +12,9 @@ plain 13-layer stack without pretrained weights learns far more slowly than a 5-
 """
 import numpy as np
 
-from minidet.backend import asnumpy
 from minidet.nn.activation import ReLU
 from minidet.nn.conv import Conv2d
+from minidet.nn.layer import Sequential
 from minidet.nn.pool import MaxPool2d
 
 # (channels at width 1, number of 3x3 convolutions) of the five stages
@@ -42,8 +42,10 @@ def conv_output_size(size):
     return h, w
 
 
-def vgg16_layers(width=1.0, dtype=np.float32, rng=None, depth=VGG16_DEPTH):
-    """[(name, layer)] of the trunk, in order: conv1_1, relu1_1, conv1_2, relu1_2, pool1, ..., relu5_3.
+def vgg16_trunk(width=1.0, dtype=np.float32, rng=None, depth=VGG16_DEPTH):
+    """The trunk as one layer: images (N, 3, H, W) -> conv5_3 features after ReLU (N, C5, H', W'),
+    H' x W' = conv_output_size((H, W)), C5 = 512 x width. Its layers, in order: conv1_1, relu1_1,
+    conv1_2, relu1_2, pool1, ..., relu5_3.
 
     The convolutions take the default He initialisation, N(0, sqrt(2 / fan_in)), bias 0, from rng.
     """
@@ -60,37 +62,4 @@ def vgg16_layers(width=1.0, dtype=np.float32, rng=None, depth=VGG16_DEPTH):
             in_channels = channels
         if stage < len(VGG16_STAGES):
             layers.append((f"pool{stage}", MaxPool2d(2, stride=2, ceil_mode=True)))
-    return layers
-
-
-class VGG16:
-    """The trunk on its own: images (N, 3, H, W) -> conv5_3 features after ReLU (N, C5, H', W'),
-    H' x W' = conv_output_size((H, W)), C5 = 512 x width.
-
-    `layers` is the list of (name, layer); forward runs it, backward runs it in reverse and stops
-    at the first layer that returns no input gradient (needs_input_grad = False).
-    """
-
-    feature_stride = FEATURE_STRIDE
-
-    def __init__(self, width=1.0, dtype=np.float32, rng=None, depth=VGG16_DEPTH):
-        self.width = width
-        self.layers = vgg16_layers(width, dtype, rng, tuple(depth))
-        self.out_channels = vgg16_channels(width)[-1]
-
-    def forward(self, x):
-        for _, layer in self.layers:
-            x = layer.forward(x)
-        return x
-
-    def backward(self, dy):
-        for _, layer in reversed(self.layers):
-            dy = layer.backward(dy)
-            if dy is None:
-                break
-        return dy
-
-    def state_dict(self):
-        """{"conv1_1.weight": numpy array, ...}: copies of the trunk's parameters."""
-        return {f"{name}.{key}": np.array(asnumpy(value)) for name, layer in self.layers
-                for key, value in layer.params.items()}
+    return Sequential(layers)

@@ -1,11 +1,12 @@
 """Activation functions."""
+from minidet.nn.layer import Layer
 
 
-class ReLU:
+class ReLU(Layer):
     """y = max(x, 0). Shapes: any -> same."""
 
     def __init__(self):
-        self.params, self.grads = {}, {}
+        super().__init__()
 
     def forward(self, x):
         self.mask = x > 0          # all the backward needs

@@ -2,10 +2,12 @@
 import numpy as np
 
 from minidet.backend import get_array_module
+from minidet.nn.layer import Layer
 from minidet.ops.im2col import col2im, conv_output_size, im2col, pair
 from minidet.threads import blas_threads
 
-class Conv2d:
+
+class Conv2d(Layer):
     """y[n, f] = sum_c W[f, c] (*) x[n, c] + b[f]   (cross-correlation, zero padding, stride s).
 
     Shapes: x (N, C, H, W) -> y (N, F, OH, OW), OH = (H + 2p - kh) // s + 1 (likewise OW).
@@ -35,6 +37,7 @@ class Conv2d:
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dtype=np.float32, rng=None):
+        super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding = pair(kernel_size), pair(stride), pair(padding)
         rng = np.random.default_rng(rng)
@@ -42,9 +45,6 @@ class Conv2d:
         fan_in = self.in_channels * kh * kw
         weight = rng.normal(0.0, np.sqrt(2.0 / fan_in), (self.out_channels, self.in_channels, kh, kw))
         self.params = {"weight": weight.astype(dtype), "bias": np.zeros(self.out_channels, dtype=dtype)}
-        self.grads = {}
-        self.frozen = False
-        self.needs_input_grad = True
         self.cols = None
         self.x_shape = None
         self._buffers = {}

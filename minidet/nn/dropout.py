@@ -1,9 +1,10 @@
 """Inverted dropout."""
 from minidet.backend import get_array_module
+from minidet.nn.layer import Layer
 
 
-class Dropout:
-    """y = x * mask / (1 - p) when training, y = x at test time. Shapes: any -> same.
+class Dropout(Layer):
+    """y = x * mask / (1 - p) in training mode, y = x in test mode (`training`). Shapes: any -> same.
 
     Each unit is kept with probability 1 - p, and kept units are scaled by 1 / (1 - p) so
     that E[y] = x and the test-time network needs no rescaling. The masks come from the
@@ -11,15 +12,15 @@ class Dropout:
     """
 
     def __init__(self, p=0.5, seed=None):
+        super().__init__()
         if not 0 <= p < 1:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p, self.seed = p, seed
-        self.params, self.grads = {}, {}
         self.generators = {}  # numpy or cupy -> its own Generator, made from seed on first use
         self.mask = None
 
-    def forward(self, x, train=True):
-        if not train:
+    def forward(self, x):
+        if not self.training:
             self.mask = None
             return x
         xp = get_array_module(x)

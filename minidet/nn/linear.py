@@ -3,9 +3,10 @@ import numpy as np
 
 from minidet.backend import get_array_module
 from minidet.threads import blas_threads
+from minidet.nn.layer import Layer
 
 
-class Linear:
+class Linear(Layer):
     """y = x W^T + b.  x (N, in) -> y (N, out); weight (out, in), bias (out,).
 
     Initialised as He et al.: weight ~ N(0, sqrt(2 / in)), bias 0. `frozen` skips the
@@ -13,12 +14,10 @@ class Linear:
     """
 
     def __init__(self, in_features, out_features, dtype=np.float32, rng=None):
+        super().__init__()
         rng = np.random.default_rng(rng)
         weight = rng.normal(0.0, np.sqrt(2.0 / in_features), (out_features, in_features))
         self.params = {"weight": weight.astype(dtype), "bias": np.zeros(out_features, dtype)}
-        self.grads = {}
-        self.frozen = False
-        self.needs_input_grad = True
 
     def forward(self, x):
         self.x = x                       # dW = dy^T x needs it

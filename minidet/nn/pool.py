@@ -1,9 +1,10 @@
 """Max pooling: the forward keeps the argmax, the backward routes dy through it."""
-from minidet.ops.maxpool import max_pool_backward, max_pool_forward
+from minidet.nn.layer import Layer
 from minidet.ops.im2col import pair
+from minidet.ops.maxpool import max_pool_backward, max_pool_forward
 
 
-class MaxPool2d:
+class MaxPool2d(Layer):
     """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow). Shapes: (N, C, H, W) -> (N, C, OH, OW).
 
     Windows are kernel_size wide, `stride` apart (default: kernel_size), over an input
@@ -14,11 +15,11 @@ class MaxPool2d:
     """
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+        super().__init__()
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else pair(stride, "stride")
         self.padding = pair(padding, "padding")
         self.ceil_mode = bool(ceil_mode)
-        self.params, self.grads = {}, {}
         self.argmax = None
         self.x_shape = None
 

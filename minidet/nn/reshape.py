@@ -1,12 +1,13 @@
 """Reshaping layers."""
 import math
+from minidet.nn.layer import Layer
 
 
-class Flatten:
+class Flatten(Layer):
     """(N, C, H, W) -> (N, C*H*W), C-major as in Caffe and torchvision; any (N, ...) works."""
 
     def __init__(self):
-        self.params, self.grads = {}, {}
+        super().__init__()
 
     def forward(self, x):
         self.shape = x.shape       # the backward undoes the reshape

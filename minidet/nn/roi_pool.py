@@ -1,8 +1,9 @@
 """RoI max pooling as a layer: Fast R-CNN's replacement for VGG16's pool5."""
 from minidet.ops.roi_pool import roi_pool, roi_pool_backward
+from minidet.nn.layer import Layer
 
 
-class RoIPool:
+class RoIPool(Layer):
     """y[r, c] = max-pool of x[rois[r, 0], c] over the RoI's PH x PW grid of bins (see minidet.ops.roi_pool).
 
     Shapes: x (N, C, H, W), rois (R, 5) = [batch_index, x1, y1, x2, y2] in input-image pixels
@@ -10,9 +11,9 @@ class RoIPool:
     """
 
     def __init__(self, output_size=(7, 7), spatial_scale=1 / 16):
+        super().__init__()
         self.output_size = tuple(output_size)
         self.spatial_scale = spatial_scale
-        self.params, self.grads = {}, {}
 
     def forward(self, x, rois):
         y, self.argmax = roi_pool(x, rois, self.output_size, self.spatial_scale)

@@ -80,9 +80,9 @@ class HostMaskDropout(Dropout):
         super().__init__(p, seed)
         self.draws = 0
 
-    def forward(self, x, train=True):
-        if not train:
-            return super().forward(x, train=False)
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
         keep = np.random.default_rng([self.seed, self.draws]).random(x.shape) >= self.p
         self.draws += 1
         self.mask = get_array_module(x).asarray(keep.astype(x.dtype) / x.dtype.type(1 - self.p))
@@ -95,7 +95,7 @@ def train_iterations(model, batch, iterations, lr=0.002):
     sgd = SGD(model.trainable_params(), lr=lr, momentum=0.9, weight_decay=0.0005)
     losses, first_grads = [], None
     for _ in range(iterations):
-        cls_score, bbox_pred = model.forward(images, rois, train=True)
+        cls_score, bbox_pred = model.train().forward(images, rois)
         loss, dcls, dbbox = fast_rcnn_loss(cls_score, bbox_pred, labels, bbox_targets, bbox_weights)
         losses.append(float(loss))
         model.backward(dcls, dbbox)
@@ -148,7 +148,7 @@ def test_gpu_training_keeps_weights_gradients_and_velocities_on_the_device(cp):
     model = small_model(np.float32, dropout=0.5).to("gpu")
     images, rois, labels, bbox_targets, bbox_weights = (cp.asarray(a) for a in random_batch(np.random.default_rng(1)))
     sgd = SGD(model.trainable_params(), lr=0.001)
-    cls_score, bbox_pred = model.forward(images, rois, train=True)
+    cls_score, bbox_pred = model.train().forward(images, rois)
     loss, dcls, dbbox, parts = fast_rcnn_loss(cls_score, bbox_pred, labels, bbox_targets, bbox_weights, details=True)
     model.backward(dcls, dbbox)
     sgd.step(model.grads())
@@ -210,7 +210,7 @@ def test_a_gpu_training_iteration_makes_no_host_round_trip(cp, monkeypatch):
     sgd = SGD(model.trainable_params(), lr=0.001)
 
     def iteration():
-        cls_score, bbox_pred = model.forward(images, rois, train=True)
+        cls_score, bbox_pred = model.train().forward(images, rois)
         loss, dcls, dbbox, parts = fast_rcnn_loss(cls_score, bbox_pred, labels, bbox_targets, bbox_weights,
                                                   details=True)
         model.backward(dcls, dbbox)
@@ -266,7 +266,10 @@ def tiny_voc(tmp_path_factory):
 
 
 def test_train_loop_with_device_gpu_logs_the_cpu_losses(cp, tiny_voc, tmp_path):
-    from minidet.train import TrainConfig, load_npz, read_log, train
+    from minidet.checkpoint import load_npz
+    from minidet.runlog import read_log
+    from minidet.train import train
+    from minidet.train_config import TrainConfig
 
     dataset, proposals = tiny_voc
     logs, finals = {}, {}

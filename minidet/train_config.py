@@ -1,0 +1,107 @@
+"""A training run's settings: one dataclass, saved in every checkpoint and in OUT/config.json, and the
+command-line options that set each of its fields (`--field-name VALUE`), generated from it."""
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on.
+
+    The defaults are the paper's (VGG16 from ImageNet weights, SPEC.md "Training"):
+    lr 0.001, momentum 0.9, decay 0.0005, x0.1 after 30k of 40k iterations, N=2, R=128, scale 600.
+    """
+    data_dir: str = None
+    out: str = "runs/train"
+    split: str = "trainval"
+    preset: str = "vgg16"                    # "vgg16" (the paper's model) or "small" (narrow, from scratch)
+    weights: str = None                      # converted ImageNet weights (.npz) or a minidet model
+    device: str = "cpu"                      # "cpu" or "gpu"
+    iters: int = 40000
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    step_size: int = 30000                   # lr x gamma every step_size iterations (0: never)
+    gamma: float = 0.1
+    warmup_iters: int = 0                    # linear warmup from warmup_factor x lr
+    warmup_factor: float = 0.1
+    images_per_batch: int = 2
+    rois_per_image: int = 64
+    fg_fraction: float = 0.25                # share of foreground RoIs, at most
+    scales: tuple = (600,)                   # shorter side; one drawn per image
+    max_size: int = 1000
+    test_scale: int = None                   # recorded in final.npz; default: the single scale, else 600
+    flip: bool = True
+    use_difficult: bool = False
+    class_names: tuple = None                # when the folder has no classes.txt
+    proposals_dir: str = None                # default: minidet.data.proposals.proposals_cache_dir
+    proposal_mode: str = "fast"              # selective search setup (minidet.data.proposals.MODES)
+    proposal_workers: int = 2
+    checkpoint_every: int = 5000
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+    model_kwargs: dict = field(default_factory=dict)   # extra FastRCNN / FastRCNN.small arguments
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["scales"] = list(self.scales)
+        d["class_names"] = None if self.class_names is None else list(self.class_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        """A TrainConfig from to_dict's output (OUT/config.json); unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}; known: {sorted(names)}")
+        d = dict(d)
+        if d.get("scales") is not None:
+            d["scales"] = tuple(d["scales"])
+        if d.get("class_names") is not None:
+            d["class_names"] = tuple(d["class_names"])
+        return cls(**d)
+
+
+def parse_scales(text):
+    """"480,576" -> (480, 576)."""
+    return tuple(int(s) for s in str(text).split(",") if s.strip())
+
+
+def parse_classes(text):
+    """"RBC, WBC" -> ("RBC", "WBC"); "" -> None."""
+    return None if not text else tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def parse_bool(text):
+    if str(text).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(text).lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+_PARSERS = {"scales": parse_scales, "class_names": parse_classes, "model_kwargs": json.loads}
+_ALIASES = {"class_names": ("--classes",)}
+_HELP = {"class_names": "a,b,c", "scales": "comma-separated", "model_kwargs": "JSON, e.g. '{\"dropout\": 0}'"}
+
+
+def add_config_arguments(parser, skip=()):
+    """One option per TrainConfig field (--iters, --rois-per-image, --class-names a,b,c, --flip false,
+    --model-kwargs JSON, ...), each defaulting to None so that a caller can tell what was given."""
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        kind = _PARSERS.get(f.name) or {bool: parse_bool, int: int, float: float}.get(type(default), str)
+        parser.add_argument("--" + f.name.replace("_", "-"), *_ALIASES.get(f.name, ()), type=kind, dest=f.name, default=None, metavar=f.name.upper(),
+                            help=f"{_HELP.get(f.name, '')} (default {default})".strip())
+
+
+def given_settings(args):
+    """{field: value} of the TrainConfig options given on the command line (parsed by add_config_arguments)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
