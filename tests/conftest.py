@@ -27,3 +27,26 @@ def shared_data():
     if not os.path.isdir(SHARED_DATA):
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_voc(tmp_path_factory):
+    """(VOCDataset, proposals) of six 64x80 synthetic training images; the proposals are jittered copies
+    of the ground-truth boxes plus random boxes, so that tests need no selective search."""
+    from minidet.data.synthetic import write_synthetic_voc
+    from minidet.data.voc import VOCDataset
+
+    root = write_synthetic_voc(tmp_path_factory.mktemp("data") / "synthetic", num_trainval=6, num_test=2,
+                               image_size=(64, 80))
+    dataset = VOCDataset(root, "trainval")
+    rng = np.random.default_rng(0)
+    proposals = []
+    for i in range(len(dataset)):
+        gt = dataset.annotation(i)["boxes"]
+        jitter = np.repeat(gt, 8, axis=0) + rng.normal(0, 4, (8 * len(gt), 4))
+        xy = rng.uniform(0, [60, 44], (40, 2))
+        boxes = np.concatenate([jitter, np.concatenate([xy, xy + rng.uniform(8, 30, (40, 2))], axis=1)])
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, 79)
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, 63)
+        proposals.append(boxes[(boxes[:, 2] > boxes[:, 0] + 2) & (boxes[:, 3] > boxes[:, 1] + 2)].astype(np.float32))
+    return dataset, proposals

@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 
 import minidet.train
-from minidet.data.synthetic import write_synthetic_voc
-from minidet.data.voc import VOCDataset
 from minidet.checkpoint import BBOX_STDS, load_npz, save_npz
 from minidet.runlog import read_log
 from minidet.train import TrainingDiverged, train
@@ -17,26 +15,9 @@ from minidet.train_config import TrainConfig
 TINY_MODEL = dict(width=0.0625, fc_dim=32)   # channels 4, 8, 16, 32, 32
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """Six 64x80 synthetic images and proposals made from their boxes (jittered) plus random boxes."""
-    root = write_synthetic_voc(tmp_path_factory.mktemp("data") / "synthetic", num_trainval=6, num_test=2,
-                               image_size=(64, 80))
-    dataset = VOCDataset(root, "trainval")
-    rng = np.random.default_rng(0)
-    proposals = []
-    for i in range(len(dataset)):
-        gt = dataset.annotation(i)["boxes"]
-        jitter = np.repeat(gt, 8, axis=0) + rng.normal(0, 4, (8 * len(gt), 4))
-        xy = rng.uniform(0, [60, 44], (40, 2))
-        wh = rng.uniform(8, 30, (40, 2))
-        random = np.concatenate([xy, xy + wh], axis=1)
-        boxes = np.concatenate([jitter, random])
-        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, 79)
-        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, 63)
-        boxes = boxes[(boxes[:, 2] > boxes[:, 0] + 2) & (boxes[:, 3] > boxes[:, 1] + 2)]
-        proposals.append(boxes.astype(np.float32))
-    return dataset, proposals
+@pytest.fixture
+def tiny(tiny_voc):
+    return tiny_voc
 
 
 def config(dataset, out, **kw):

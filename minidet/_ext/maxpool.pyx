@@ -1,12 +1,7 @@
 """Max pooling on the CPU: forward with argmax, backward by scattering to the argmax.
 
-Mirrors minidet/ops/cuda/maxpool.cu and the plain reference in minidet/ops/maxpool.py.
-Window (oh, ow) of an (H, W) plane covers rows [oh*sh - ph, oh*sh - ph + kh) and
-columns [ow*sw - pw, ow*sw - pw + kw), clipped to the input: padding never wins.
-argmax is the flat index h * W + w of the maximum inside its (n, c) plane; the
-first maximum in row-major order on ties, and a NaN wins (as in torch).
-
-Both kernels run with the GIL released, on the calling thread alone unless the caller
+The mathematics (windows, ties, NaN) is written in minidet/ops/maxpool.py; this file adds only
+its CPU layout. Both kernels run with the GIL released, on the calling thread alone unless the caller
 passes parallel=True (minidet/ops/maxpool.py decides, by size, and says why). In
 parallel they share out the (image, channel) planes, one at a time (dynamic schedule:
 a thread that starts late on a busy machine finds its share taken over rather than

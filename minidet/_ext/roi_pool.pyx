@@ -1,14 +1,5 @@
-"""RoI max pooling on the CPU, exactly as the original Fast R-CNN layer.
-
-For each RoI r = [n, x1, y1, x2, y2] (image pixels) and scale s:
-
-    start_w = round(x1 * s), end_w = round(x2 * s)         C round (halves away from zero),
-    start_h = round(y1 * s), end_h = round(y2 * s)         products in the array's float type
-    roi_w = max(end_w - start_w + 1, 1),  bin_w = roi_w / PW   (likewise h)
-    bin (ph, pw) = rows [floor(ph bin_h), ceil((ph+1) bin_h)) + start_h, clipped to [0, H]
-                   cols [floor(pw bin_w), ceil((pw+1) bin_w)) + start_w, clipped to [0, W]
-    y[r, c, ph, pw] = max of x[n, c] over the bin (0 when the bin is empty)
-    argmax[r, c, ph, pw] = h * W + w of the first maximum in row-major order (-1 when empty)
+"""RoI max pooling on the CPU. The mathematics (the rounding of the corners, the bins, the
+argmax) is written in minidet/ops/roi_pool.py; this file adds only its CPU layout.
 
 Forward: the map is first copied to NHWC, so that one feature cell holds all C channels
 contiguously. A RoI's bin edges are computed once (not once per channel), and every bin then
@@ -34,9 +25,8 @@ ctypedef fused real:
     double
 
 cdef enum:
-    # Channels per backward task. Measured on 2000 RoIs over (2, 512, 38, 63), 2 threads: blocks of
-    # 16, 32 and 64 channels take the same time, 8 takes 1.3x as long and 4 1.8x (more passes over
-    # the RoIs, shorter reads of dy); parallel over RoIs with atomic adds takes 5.5x as long.
+    # Channels per backward task: long enough reads of dy, few enough passes over the RoIs
+    # (docs/PERFORMANCE.md, "RoI pooling", has the measurements).
     BACKWARD_CHANNEL_BLOCK = 32
 
 

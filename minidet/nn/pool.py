@@ -5,13 +5,11 @@ from minidet.ops.maxpool import max_pool_backward, max_pool_forward
 
 
 class MaxPool2d(Layer):
-    """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow). Shapes: (N, C, H, W) -> (N, C, OH, OW).
+    """y = the maximum of each window of x, kept with its argmax. Shapes: (N, C, H, W) -> (N, C, OH, OW).
 
-    Windows are kernel_size wide, `stride` apart (default: kernel_size), over an input
-    padded by `padding` that never wins. ceil_mode=True counts windows as Caffe does,
-    OH = ceil((H + 2p - k) / s) + 1 (the last window may hang over the edge but must start
-    inside the input or its left padding); VGG16 pools 2x2, stride 2, in ceil mode.
-    Backward: dL/dx[n, c, argmax] += dL/dy, every other pixel of a window gets nothing.
+    The windows, their count in ceil mode (Caffe's; VGG16 pools 2x2, stride 2, in ceil mode) and the
+    ties are those of minidet.ops.maxpool. Backward: dL/dx at each window's argmax += dL/dy; every
+    other pixel of a window gets nothing.
     """
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):

@@ -17,12 +17,9 @@ from minidet.backend import get_array_module
 from minidet.ops.cuda import kernel, launch, scalar_name
 from minidet.ops.im2col import pair
 
-# Input elements from which the CPU kernels split their work over OpenMP's threads: from
-# 20-25 ms of work on one core, as minidet.ops.im2col.PARALLEL_MIN_SIZE and for the same
-# reason (on a busy machine a parallel call waits tens of ms for its second thread; a
-# 1 ms pooling backward took 19-47 ms on 2 threads). The forward compares every input
-# element (~6 ns each for 2x2 windows of random data); the backward only clears dx and
-# adds dy into it (~0.7 ns per input element).
+# Input elements from which the CPU kernels split their work over OpenMP's threads: about
+# 20 ms of work on one core, below which waiting for a second thread costs more than it saves
+# (docs/PERFORMANCE.md, "Threads").
 FORWARD_PARALLEL_MIN_SIZE = 1 << 22
 BACKWARD_PARALLEL_MIN_SIZE = 1 << 25
 

@@ -243,28 +243,6 @@ def test_predict_on_gpu_matches_cpu_with_and_without_dedup(cp):
     np.testing.assert_allclose(asnumpy(scores_gpu).sum(axis=1), 1, rtol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def tiny_voc(tmp_path_factory):
-    """Four 64x80 synthetic images, with proposals made from their boxes (jittered) plus random boxes."""
-    from minidet.data.synthetic import write_synthetic_voc
-    from minidet.data.voc import VOCDataset
-
-    root = write_synthetic_voc(tmp_path_factory.mktemp("data") / "synthetic", num_trainval=4, num_test=1,
-                               image_size=(64, 80))
-    dataset = VOCDataset(root, "trainval")
-    rng = np.random.default_rng(0)
-    proposals = []
-    for i in range(len(dataset)):
-        gt = dataset.annotation(i)["boxes"]
-        jitter = np.repeat(gt, 8, axis=0) + rng.normal(0, 4, (8 * len(gt), 4))
-        xy = rng.uniform(0, [60, 44], (40, 2))
-        boxes = np.concatenate([jitter, np.concatenate([xy, xy + rng.uniform(8, 30, (40, 2))], axis=1)])
-        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, 79)
-        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, 63)
-        proposals.append(boxes[(boxes[:, 2] > boxes[:, 0] + 2) & (boxes[:, 3] > boxes[:, 1] + 2)].astype(np.float32))
-    return dataset, proposals
-
-
 def test_train_loop_with_device_gpu_logs_the_cpu_losses(cp, tiny_voc, tmp_path):
     from minidet.checkpoint import load_npz
     from minidet.runlog import read_log
