@@ -26,7 +26,6 @@ import time
 import zipfile
 
 import cv2
-import numpy as np
 
 from minidet.backend import require_cupy
 from minidet.detect import detect, draw_detections, load_model

@@ -76,7 +76,7 @@ def _results(gt, detections, dataset):
 
         results = coco_results(*detections, *coco_ids(dataset))
     else:
-        results = list(detections)
+        results = detections
     check_coco_results(results, gt.getImgIds(), gt.getCatIds(), source)
     return results
 

@@ -113,10 +113,17 @@ def read_coco_results(path):
         raise FileNotFoundError(f"{path}: detections file is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DetectionsError(f"{path}: malformed JSON ({e})") from None
+    check_result_entries(results, path)
+    return results
+
+
+def check_result_entries(results, source):
+    """Raise DetectionsError (naming `source` and the entry) unless results is a list of dicts with
+    image_id, category_id, bbox (four finite numbers) and a finite score."""
     if not isinstance(results, list):
-        raise DetectionsError(f"{path}: COCO results are a list of detections, not a {type(results).__name__}")
+        raise DetectionsError(f"{source}: COCO results are a list of detections, not a {type(results).__name__}")
     for k, r in enumerate(results):
-        where = f"{path}: detection {k}"
+        where = f"{source}: detection {k}"
         if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(r):
             raise DetectionsError(f"{where} is {r!r}, not an object with image_id, category_id, bbox and score")
         bbox = r["bbox"]
@@ -124,11 +131,12 @@ def read_coco_results(path):
             raise DetectionsError(f"{where}: bbox {bbox!r} is not four finite numbers [x, y, w, h]")
         if not _finite(r["score"]):
             raise DetectionsError(f"{where}: score {r['score']!r} is not a finite number")
-    return results
 
 
 def check_coco_results(results, image_ids, category_ids, source):
-    """Raise DetectionsError (naming `source` and the entry) for a result of an unknown image or category."""
+    """check_result_entries, and DetectionsError (naming `source` and the entry) for a result of an image
+    or category that image_ids / category_ids do not hold."""
+    check_result_entries(results, source)
     images, categories = set(image_ids), set(category_ids)
     for k, r in enumerate(results):
         if r["image_id"] not in images:

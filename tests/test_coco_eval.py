@@ -176,3 +176,11 @@ def test_table_shows_the_twelve_numbers_and_every_class(tmp_path):
     assert len(table.splitlines()) == 12 + 2 + 3
     for name in ("cat", "dog", "emu"):
         assert any(line.startswith(name) for line in table.splitlines())
+
+
+def test_results_in_memory_are_checked_like_a_file():
+    gt, results = random_set(np.random.default_rng(0), n_images=2)
+    with pytest.raises(DetectionsError, match=r"detections: detection 1 is \{'image_id': 100\}, not an object with"):
+        coco_evaluate(gt, [results[0], {"image_id": 100}])
+    with pytest.raises(DetectionsError, match="a list of detections, not a dict"):
+        coco_evaluate(gt, results[0])

@@ -141,7 +141,8 @@ BAD = {
                          r"annotations\[0\] \(id 1\): category_id 4 is not among the categories \[2, 5\]"),
     "unknown image": (_broken(lambda d: d["annotations"][2].update(image_id=8)),
                       r"annotations\[2\] \(id 4\): image_id 8 is not among the images"),
-    "duplicate image id": (_broken(lambda d: d["images"][2].update(id=7)), r"images\[2\] \(id 7\): image id 7 is repeated"),
+    "duplicate image id": (_broken(lambda d: d["images"][2].update(id=7)),
+                           r"images\[2\] \(id 7\): image id 7 is repeated"),
     "duplicate annotation id": (_broken(lambda d: d["annotations"][2].update(id=1)), r"annotation id 1 is repeated"),
     "repeated category name": (_broken(lambda d: d["categories"].append({"id": 8, "name": "dog"})),
                                r"categories\[2\]: category name 'dog' is repeated"),
@@ -231,3 +232,25 @@ def test_serves_proposals_and_voc_evaluation_like_a_voc_dataset(coco, tmp_path):
                                  [np.ones(len(x["boxes"]), np.float32) for x in a])
     assert result["ap_by_class"]["cat"] == pytest.approx(1.0)
     assert result["ap_by_class"]["dog"] is None                     # dog has only ignored boxes
+
+
+def test_trains_like_a_voc_dataset(tmp_path):
+    from minidet.convert import voc_folder_to_coco, write_json_atomic
+    from minidet.data.synthetic import write_synthetic_voc
+    from minidet.train import TrainConfig, load_npz, train
+
+    root = write_synthetic_voc(tmp_path / "syn", num_trainval=4, num_test=1, image_size=(64, 80))
+    path = write_json_atomic(str(tmp_path / "trainval.json"), voc_folder_to_coco(root, "trainval"))
+    ds = COCODataset(path, os.path.join(root, "JPEGImages"))
+    rng = np.random.default_rng(0)
+    proposals = []
+    for i in range(len(ds)):
+        xy = rng.uniform(0, [60, 44], (30, 2))
+        proposals.append(np.concatenate([xy, xy + rng.uniform(8, 20, (30, 2))], axis=1).astype(np.float32))
+    config = TrainConfig(data_dir=ds.root, out=str(tmp_path / "run"), preset="small", iters=2, scales=(64,),
+                         max_size=200, rois_per_image=16, checkpoint_every=2, progress=False,
+                         model_kwargs=dict(width=0.0625, fc_dim=32))
+    summary = train(config, ds, proposals, log=lambda *a: None)
+    assert summary["iterations"] == 2
+    _, meta = load_npz(os.path.join(config.out, "final.npz"))
+    assert meta["class_names"] == list(ds.class_names)
