@@ -154,7 +154,9 @@ def run(args, model, info, kind, progress):
 
     def one(name, image, cache_file):
         boxes, labels, scores = detect(model, image, propose(image, cache_file), info["convention"],
-                                       args.scale or info["scale"], info["max_size"], args.device)
+                                       args.scale or info["scale"], info["max_size"], args.device,
+                                       nms_thresh=info["nms"] if args.nms is None else args.nms,
+                                       max_per_image=args.max_per_image or info["max_per_image"])
         for store, value in zip(found, (boxes, labels, scores)):
             store.append(value)
         names.append((name, dict(height=image.shape[0], width=image.shape[1])))
@@ -232,6 +234,10 @@ def parse_args(argv):
     parser.add_argument("--threshold", type=float, default=0.5, help="draw detections scoring at least this "
                                                                       "(default 0.5); the files keep all")
     parser.add_argument("--scale", type=int, default=None, help="test scale (default: the model's)")
+    parser.add_argument("--nms", type=float, default=None,
+                        help="per-class NMS IoU threshold (default: the run's, 0.3 unless it set another)")
+    parser.add_argument("--max-per-image", type=int, default=None,
+                        help="detections kept per image (default: the run's, 100 unless it set another)")
     parser.add_argument("--cache-dir", default=None,
                         help="proposal cache folder (default: proposals_cache beside --out)")
     parser.add_argument("--no-cache", action="store_true", help="compute proposals without caching them")

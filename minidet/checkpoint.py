@@ -105,6 +105,8 @@ def model_meta(model, config, class_names, convention, iteration):
         "convention": convention.to_dict(),
         "scale": scale_for_testing(config.scales, config.test_scale),
         "max_size": int(config.max_size),
+        "nms": float(config.test_nms),
+        "max_per_image": int(config.test_max_per_image),
         "bbox_pred": "raw deltas",
         "iteration": int(iteration),
         "config": config.to_dict(),
@@ -148,7 +150,8 @@ def load_model(path, device="cpu"):
     """A trained model, in test mode, from OUT/final.npz (or OUT/checkpoint.npz) -> (model, info).
 
     info: dict(class_names, convention (InputConvention), scale, max_size, preset, iteration,
-    proposal_mode: the selective search setup the model was trained with).
+    proposal_mode: the selective search setup the model was trained with, nms and max_per_image:
+    the test-time NMS threshold and cap the run chose, the paper's 0.3 and 100 unless set).
     A training checkpoint's bbox_pred predicts normalised deltas; it is folded to raw deltas here.
     """
     from minidet.models.fast_rcnn import FastRCNN
@@ -169,7 +172,9 @@ def load_model(path, device="cpu"):
         model.to("gpu")
     info = dict(class_names=list(meta["class_names"]), convention=InputConvention.from_dict(meta["convention"]),
                 scale=int(scale), max_size=int(max_size), preset=meta.get("preset") or meta["config"]["preset"],
-                iteration=meta.get("iteration"), proposal_mode=meta["config"].get("proposal_mode", "fast"))
+                iteration=meta.get("iteration"), proposal_mode=meta["config"].get("proposal_mode", "fast"),
+                nms=float(meta["config"].get("test_nms", 0.3)),
+                max_per_image=int(meta["config"].get("test_max_per_image", 100)))
     return model.eval(), info
 
 

@@ -33,6 +33,8 @@ class TrainConfig:
     scales: tuple = (600,)                   # shorter side; one drawn per image
     max_size: int = 1000
     test_scale: int = None                   # recorded in final.npz; default: the single scale, else 600
+    test_nms: float = 0.3                    # per-class NMS IoU threshold at test time, recorded in final.npz
+    test_max_per_image: int = 100            # detections kept per image at test time, recorded in final.npz
     flip: bool = True
     use_difficult: bool = False
     class_names: tuple = None                # when the folder has no classes.txt

@@ -220,3 +220,42 @@ def test_final_model_serves_as_initial_weights_of_another_run(tiny, tmp_path):
     ckpt, _ = load_npz(tmp_path / "first" / "checkpoint.npz")
     for name in ("bbox_pred.weight", "bbox_pred.bias", "fc7.weight"):
         np.testing.assert_allclose(model.state_dict()[name], ckpt["model/" + name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a zip", "another kind"])
+def test_resume_from_a_damaged_checkpoint_names_the_file_and_keeps_it(tiny, tmp_path, damage):
+    from minidet.checkpoint import load_model
+    from minidet.errors import CheckpointError
+
+    dataset, proposals = tiny
+    run(dataset, proposals, tmp_path, iters=2)
+    path = tmp_path / "checkpoint.npz"
+    good = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "not a zip":
+        path.write_bytes(b"this is not a checkpoint")
+    else:
+        save_npz(str(path), {"w": np.zeros(2)}, {"format": "minidet-model"})
+    damaged = path.read_bytes()
+    with pytest.raises(CheckpointError, match=str(path)) as err:
+        run(dataset, proposals, tmp_path, iters=4, resume=True)
+    assert "\n" not in str(err.value)
+    assert path.read_bytes() == damaged                # nothing written over it
+    if damage != "another kind":
+        with pytest.raises(CheckpointError, match=str(path)):
+            load_model(str(path))
+
+
+def test_a_read_only_data_folder_still_trains_with_caches_beside_the_run(tiny, tmp_path, monkeypatch):
+    import minidet.data.proposals as proposals_module
+
+    dataset, proposals = tiny
+    real_access = os.access
+    monkeypatch.setattr(proposals_module.os, "access",        # the data folder is read-only
+                        lambda path, mode: False if os.path.abspath(path) == os.path.abspath(dataset.root)
+                        else real_access(path, mode))
+    cache = proposals_module.proposals_cache_dir(dataset.root, str(tmp_path / "runs" / "x"))
+    assert cache == str(tmp_path / "runs" / "proposals_cache" / os.path.basename(dataset.root))
+    run(dataset, proposals, tmp_path / "runs" / "x", iters=1)
+    assert os.path.exists(tmp_path / "runs" / "x" / "final.npz")
