@@ -44,3 +44,51 @@ def plot_losses(log_path, png_path, smooth=20):
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return png_path
+
+
+def plot_runs(run_dirs, png_path, smooth=20):
+    """The loss, RoI accuracy and learning rate of one or several runs (OUT/log.jsonl each), one
+    colour per run on shared axes, as one PNG; for comparing runs. Returns png_path."""
+    import os
+
+    from minidet.runlog import LOG_NAME
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for run_dir in run_dirs:
+        records = read_log(os.path.join(run_dir, LOG_NAME))
+        if not records:
+            raise FileNotFoundError(f"{run_dir}: no {LOG_NAME} with records (not a run folder?)")
+        it = np.array([r["iteration"] for r in records])
+        label = os.path.basename(os.path.normpath(run_dir))
+        line, = axes[0].plot(it, running_mean([r["loss"] for r in records], smooth), label=label)
+        axes[1].plot(it, running_mean([r["accuracy"] for r in records], smooth), color=line.get_color())
+        axes[2].plot(it, [r["lr"] for r in records], color=line.get_color())
+    for ax, ylabel in zip(axes, (f"loss (running mean of {smooth})", "RoI classification accuracy", "learning rate")):
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[2].set_yscale("log")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
+
+
+def main(argv=None):
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="minidet plot", description="Redraw the training curves (loss, accuracy, "
+                                     "learning rate) of one or several run folders on one figure.")
+    parser.add_argument("runs", nargs="+", help="run folders (each holds a log.jsonl)")
+    parser.add_argument("--out", default="runs.png", help="PNG to write (default runs.png)")
+    parser.add_argument("--smooth", type=int, default=20, help="running-mean window (default 20)")
+    args = parser.parse_args(argv)
+    try:
+        print(plot_runs(args.runs, args.out, args.smooth))
+    except (OSError, ValueError, KeyError) as err:
+        print(f"minidet plot: {err}", file=sys.stderr)
+        return 2
+    return 0
