@@ -7,6 +7,7 @@ from minidet.gradcheck import FixedMaskDropout, relative_error
 from minidet.losses import fast_rcnn_loss
 from minidet.checkpoint import fold_bbox_normalization, unfold_bbox_normalization
 from minidet.models.fast_rcnn import FastRCNN, unique_pooled_rois
+from minidet.nn.roi_pool import RoIPool
 from minidet.models.vgg16 import conv_names, conv_output_size, vgg16_channels, vgg16_trunk
 from tests.reference import as_torch, assert_close, require_torch, require_torchvision, to_numpy
 
@@ -296,7 +297,7 @@ def test_predict_dedup_gives_the_same_outputs(rng):
     jitter = np.concatenate([np.zeros((60, 1)), rng.uniform(-3, 3, (60, 4))], axis=1)
     rois = np.concatenate([base, base[rng.integers(0, 20, 60)] + jitter])
     rois[:, 1:] = np.clip(rois[:, 1:], 0, 63)
-    unique, inverse = unique_pooled_rois(rois, np.float64)
+    unique, inverse = unique_pooled_rois(rois, model.roi_pool, np.float64)
     assert len(unique) < len(rois)
     images = rng.standard_normal((1, 3, 64, 96))
     scores, boxes = model.predict(images, rois, (64, 96))
@@ -308,7 +309,7 @@ def test_predict_dedup_gives_the_same_outputs(rng):
 def test_unique_pooled_rois_rounds_halves_away_from_zero():
     # x1 = 8 and 24 scale to 0.5 and 1.5: C rounds both up (1, 2), np.round would give 0 and 2
     rois = np.array([[0, 8, 0, 40, 40], [0, 16, 0, 40, 40], [0, 24, 0, 40, 40], [0, 32, 0, 40, 40]], np.float32)
-    unique, inverse = unique_pooled_rois(rois, np.float32)
+    unique, inverse = unique_pooled_rois(rois, RoIPool(), np.float32)
     assert inverse[0] == inverse[1] and inverse[2] == inverse[3] and inverse[0] != inverse[2]
 
 
@@ -366,3 +367,46 @@ def test_gpu_forward_and_backward_match_cpu(rng):
     model.backward(dcls, dbbox)
     for name, grad in model.grads().items():
         np.testing.assert_allclose(cupy.asnumpy(grad), cpu_grads[name], rtol=1e-8, atol=1e-12, err_msg=name)
+
+
+def test_unique_pooled_rois_groups_exactly_the_rois_with_identical_pooled_outputs(rng):
+    from minidet.ops.roi_pool import roi_pool
+
+    base = random_rois(rng, 30, 2, 96, 128)
+    rois = np.concatenate([base, base + np.concatenate([np.zeros((30, 1)), rng.uniform(-6, 6, (30, 4))], axis=1)])
+    rois[:, 1::2] = np.clip(rois[:, 1::2], 0, 119)     # corners round into the 6x8 map: no RoI is empty
+    rois[:, 2::2] = np.clip(rois[:, 2::2], 0, 87)
+    unique, inverse = unique_pooled_rois(rois, RoIPool(), np.float32)
+    x = rng.standard_normal((2, 3, 6, 8)).astype(np.float32)       # 96x128 at stride 16
+    y, _ = roi_pool(x, rois.astype(np.float32), (7, 7), 1 / 16)
+    for i in range(len(rois)):                                       # brute force over all pairs
+        for j in range(len(rois)):
+            assert (inverse[i] == inverse[j]) == bool(np.array_equal(y[i], y[j])), (i, j)
+    assert len(unique) == len(set(inverse.tolist()))
+
+
+def test_conv4_3_model_pools_from_the_stride_8_map_and_drops_conv5(rng):
+    model = FastRCNN(num_classes=3, width=1 / 32, fc_dim=16, roi_layer="conv4_3", dtype=np.float64)
+    names = [name for name, _ in model.named_layers()]
+    assert "conv5_1" not in names and "pool4" not in names and names[names.index("roi_pool5") - 1] == "relu4_3"
+    assert model.roi_pool.spatial_scale == 1 / 8
+    assert model.trunk.forward(np.zeros((1, 3, 64, 96))).shape == (1, 16, 8, 12)
+    assert model.state_dict()["fc6.weight"].shape == (16, 16 * 49)
+    rebuilt = FastRCNN(**model.config)
+    assert rebuilt.roi_layer == "conv4_3" and [n for n, _ in rebuilt.named_layers()] == names
+
+
+def test_conv4_3_small_model_gradient_matches_finite_differences(rng):
+    model = FastRCNN.small(3, width=1 / 16, fc_dim=16, roi_layer="conv4_3", dtype=np.float64, dropout=0.0)
+    perturb_biases(model, rng)
+    images, rois = rng.standard_normal((2, 3, 32, 48)), random_rois(rng, 6, 2, 32, 48)
+    targets = training_targets(rng, len(rois), model.num_classes)
+
+    def loss_value():
+        return float(fast_rcnn_loss(*model.train().forward(images, rois), *targets)[0])
+
+    _, dcls, dbbox = fast_rcnn_loss(*model.train().forward(images, rois), *targets)
+    model.backward(dcls, dbbox)
+    grads = {k: v.copy() for k, v in model.grads().items()}
+    errors = directional_errors(model.trainable_params(), grads, loss_value, rng)
+    assert max(errors.values()) < 1e-6, errors

@@ -24,8 +24,20 @@ from minidet.nn.roi_pool import RoIPool
 from minidet.ops.softmax import softmax
 
 POOLED_SIZE = (7, 7)
+# The map RoIs are pooled from -> (stages of the trunk kept, its stride): the last convolution of
+# stage 5 (VGG16's conv5_3, the paper's) or of stage 4 (conv4_3: twice as fine a grid, conv5 dropped).
+ROI_LAYERS = {"conv5_3": (5, FEATURE_STRIDE), "conv4_3": (4, FEATURE_STRIDE // 2)}
 CLS_SCORE_STD = 0.01    # the paper's initialisation of the new layers
 BBOX_PRED_STD = 0.001
+
+
+def make_roi_layer(op, spatial_scale):
+    """RoI max pooling (the paper's) or RoIAlign (bilinear, sampling ratio 2, aligned), 7x7 outputs."""
+    if op == "align":
+        from minidet.nn.roi_align import RoIAlign
+
+        return RoIAlign(output_size=POOLED_SIZE, spatial_scale=spatial_scale, sampling_ratio=2, aligned=True)
+    return RoIPool(output_size=POOLED_SIZE, spatial_scale=spatial_scale)
 
 
 class FastRCNN:
@@ -39,20 +51,29 @@ class FastRCNN:
     dropout: probability of dropping a unit after fc6 and after fc7 (in training mode only).
     depth: convolutions per stage of the trunk ((2, 2, 3, 3, 3): VGG16's).
     dtype: float32, or float64 for gradient checks. seed: initialisation and dropout masks.
+    roi_layer: "conv5_3" (the paper's, stride 16) or "conv4_3" (stride 8; conv5 is dropped and fc6
+        reads 512 x 7 x 7 of conv4_3); for a trunk of one convolution a stage, the last one of stage 5 or 4.
+    roi_op: "pool" (RoI max pooling, the paper's) or "align" (RoIAlign, bilinear).
     New layers start as the paper's: cls_score ~ N(0, 0.01^2), bbox_pred ~ N(0, 0.001^2), biases 0;
     the convolutions, fc6 and fc7 take He's N(0, sqrt(2 / fan_in)) until weights are loaded.
     A new network is in test mode: `train()` before training, `eval()` after.
     """
 
     def __init__(self, num_classes=21, width=1.0, fc_dim=4096, trainable_from="conv3_1",
-                 dtype=np.float32, seed=0, dropout=0.5, depth=VGG16_DEPTH):
+                 dtype=np.float32, seed=0, dropout=0.5, depth=VGG16_DEPTH, roi_layer="conv5_3", roi_op="pool"):
+        if roi_layer not in ROI_LAYERS:
+            raise ValueError(f"roi_layer must be one of {sorted(ROI_LAYERS)}, got {roi_layer!r}")
+        if roi_op not in ("pool", "align"):
+            raise ValueError(f"roi_op must be 'pool' or 'align', got {roi_op!r}")
         rng = np.random.default_rng(seed)
+        self.roi_layer, self.roi_op = roi_layer, roi_op
         self.num_classes, self.width, self.fc_dim = int(num_classes), float(width), int(fc_dim)
         self.dropout, self.dtype = float(dropout), np.dtype(dtype)
         self.depth = tuple(int(d) for d in depth)
-        channels = vgg16_channels(width)[-1]
-        self.trunk = vgg16_trunk(width, dtype, rng, self.depth)
-        self.roi_pool = RoIPool(output_size=POOLED_SIZE, spatial_scale=1.0 / FEATURE_STRIDE)
+        stages, stride = ROI_LAYERS[roi_layer]
+        channels = vgg16_channels(width)[stages - 1]
+        self.trunk = vgg16_trunk(width, dtype, rng, self.depth, stages)
+        self.roi_pool = make_roi_layer(roi_op, 1.0 / stride)
         self.head = Sequential([
             ("flatten", Flatten()),
             ("fc6", Linear(channels * POOLED_SIZE[0] * POOLED_SIZE[1], fc_dim, dtype=dtype, rng=rng)),
@@ -82,7 +103,8 @@ class FastRCNN:
     def config(self):
         """The constructor arguments that rebuild this network's structure (for checkpoints)."""
         return {"num_classes": self.num_classes, "width": self.width, "fc_dim": self.fc_dim,
-                "trainable_from": self.trainable_from, "dropout": self.dropout, "depth": list(self.depth)}
+                "trainable_from": self.trainable_from, "dropout": self.dropout, "depth": list(self.depth),
+                "roi_layer": self.roi_layer, "roi_op": self.roi_op}
 
     # -- forward and backward --------------------------------------------------------------
 
@@ -237,7 +259,7 @@ class FastRCNN:
         xp = get_array_module(images)
         rois = xp.asarray(rois)
         if dedup:
-            unique, inverse = unique_pooled_rois(rois, self.dtype)
+            unique, inverse = unique_pooled_rois(rois, self.roi_pool, self.dtype)
             cls_score, bbox_pred = self.forward(images, rois[unique])
             cls_score, bbox_pred = cls_score[inverse], bbox_pred[inverse]
         else:
@@ -251,22 +273,18 @@ class FastRCNN:
         return compress_fast_rcnn(self, fc6_rank, fc7_rank, images, rois, repeat)
 
 
-def unique_pooled_rois(rois, dtype=np.float32):
-    """Indices of the distinct RoIs as RoI pooling sees them, and each RoI's representative.
+def unique_pooled_rois(rois, roi_layer, dtype=np.float32):
+    """Indices of the distinct RoIs as the RoI layer sees them, and each RoI's representative.
 
-    Two RoIs of one image pool the same cells when C's round(corner / 16) (halves away from
-    zero, in the array's float type) agree. rois (R, 5) -> unique (U,) indices, inverse (R,) into them.
+    Two RoIs are the same when roi_layer.input_keys gives them equal rows (for RoI pooling: the same
+    rounded cells of the same image). rois (R, 5) -> unique (U,) indices (the first RoI of each
+    group), inverse (R,) into them.
     """
     xp = get_array_module(rois)
-    dtype = np.dtype(dtype)
-    scaled = rois[:, 1:5].astype(dtype) * dtype.type(1.0 / FEATURE_STRIDE)
-    magnitude = xp.abs(scaled)
-    cells = xp.sign(scaled) * (xp.floor(magnitude) + (magnitude - xp.floor(magnitude) >= 0.5))
-    keys = xp.concatenate([rois[:, :1].astype(xp.int64), cells.astype(xp.int64)], axis=1)
-    keys = keys - keys.min(axis=0)     # non-negative, so that the fields pack without overlap
-    span = int(asnumpy(keys.max())) + 1
-    packed = keys[:, 0]
-    for column in range(1, 5):
-        packed = packed * span + keys[:, column]
-    _, unique, inverse = xp.unique(packed, return_index=True, return_inverse=True)
-    return unique, inverse.reshape(-1)
+    keys = roi_layer.input_keys(rois, dtype)
+    order = xp.lexsort(keys.T[::-1])                 # stable: equal rows keep their order
+    ordered = keys[order]
+    first = xp.concatenate([xp.ones(1, dtype=bool), (ordered[1:] != ordered[:-1]).any(axis=1)])
+    inverse = xp.empty(len(keys), dtype=xp.int64)
+    inverse[order] = xp.cumsum(first) - 1
+    return order[first], inverse

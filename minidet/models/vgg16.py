@@ -42,10 +42,10 @@ def conv_output_size(size):
     return h, w
 
 
-def vgg16_trunk(width=1.0, dtype=np.float32, rng=None, depth=VGG16_DEPTH):
+def vgg16_trunk(width=1.0, dtype=np.float32, rng=None, depth=VGG16_DEPTH, stages=5):
     """The trunk as one layer: images (N, 3, H, W) -> conv5_3 features after ReLU (N, C5, H', W'),
     H' x W' = conv_output_size((H, W)), C5 = 512 x width. Its layers, in order: conv1_1, relu1_1,
-    conv1_2, relu1_2, pool1, ..., relu5_3.
+    conv1_2, relu1_2, pool1, ..., relu5_3. stages=4 stops at relu4_3 (stride 8, no pool4).
 
     The convolutions take the default He initialisation, N(0, sqrt(2 / fan_in)), bias 0, from rng.
     """
@@ -54,12 +54,12 @@ def vgg16_trunk(width=1.0, dtype=np.float32, rng=None, depth=VGG16_DEPTH):
     in_channels = 3
     if len(depth) != len(VGG16_STAGES) or min(depth) < 1:
         raise ValueError(f"depth needs a count >= 1 for each of the {len(VGG16_STAGES)} stages, got {depth!r}")
-    for stage, (channels, count) in enumerate(zip(vgg16_channels(width), depth), 1):
+    for stage, (channels, count) in enumerate(zip(vgg16_channels(width)[:stages], depth), 1):
         for i in range(1, count + 1):
             layers.append((f"conv{stage}_{i}", Conv2d(in_channels, channels, 3, stride=1, padding=1,
                                                       dtype=dtype, rng=rng)))
             layers.append((f"relu{stage}_{i}", ReLU()))
             in_channels = channels
-        if stage < len(VGG16_STAGES):
+        if stage < stages:
             layers.append((f"pool{stage}", MaxPool2d(2, stride=2, ceil_mode=True)))
     return Sequential(layers)

@@ -1,5 +1,5 @@
 """RoI max pooling as a layer: Fast R-CNN's replacement for VGG16's pool5."""
-from minidet.ops.roi_pool import roi_pool, roi_pool_backward
+from minidet.ops.roi_pool import roi_cells, roi_pool, roi_pool_backward
 from minidet.nn.layer import Layer
 
 
@@ -24,3 +24,7 @@ class RoIPool(Layer):
     def backward(self, dy):
         # y = x at argmax, so dL/dx at a cell = sum of dy over the bins whose argmax it is.
         return roi_pool_backward(dy, self.argmax, self.x_shape, self.rois)
+
+    def input_keys(self, rois, dtype):
+        """(R, 5) int64 rows, equal for two RoIs exactly when they pool identical input (roi_cells)."""
+        return roi_cells(rois, self.spatial_scale, dtype)

@@ -48,6 +48,19 @@ def _check_batch_index(batch, n_images):
                          f"got values in [{int(batch.min())}, {int(batch.max())}]")
 
 
+def roi_cells(rois, spatial_scale=1 / 16, dtype=np.float32):
+    """The feature cells each RoI pools from: (R, 5) int64 [batch index, start_w, start_h, end_w, end_h],
+    the corners rounded as above (C round, halves away from zero, products in `dtype`, the map's
+    type). Two RoIs of one image with equal rows pool the same bins of the same cells: their outputs
+    are identical whatever the map holds. rois (R, 5) on NumPy or CuPy."""
+    xp = get_array_module(rois)
+    dtype = np.dtype(dtype)
+    scaled = rois[:, 1:5].astype(dtype) * dtype.type(spatial_scale)
+    magnitude = xp.abs(scaled)
+    cells = xp.sign(scaled) * (xp.floor(magnitude) + (magnitude - xp.floor(magnitude) >= 0.5))
+    return xp.concatenate([rois[:, :1].astype(xp.int64), cells.astype(xp.int64)], axis=1)
+
+
 def roi_pool(x, rois, output_size=(7, 7), spatial_scale=1 / 16):
     """Max-pool every RoI of `rois` over its image's feature map into a fixed PH x PW grid.
 
