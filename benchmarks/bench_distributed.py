@@ -147,6 +147,8 @@ def main(argv=None):
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(p for p in (os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                       os.environ.get("PYTHONPATH")) if p))
+    with open("/proc/loadavg") as f:
+        load_before = [float(x) for x in f.read().split()[:3]]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for w in args.ranks:
@@ -159,8 +161,9 @@ def main(argv=None):
                 runs.append(json.load(f))
     with open("/proc/loadavg") as f:
         load = [float(x) for x in f.read().split()[:3]]
-    info = machine_info(threads=1)
-    results = {"benchmark": "bench_distributed", "machine": info, "loadavg_after": load,
+    info = machine_info(threads=1)        # this process's view; the ranks ran with the variables below
+    results = {"benchmark": "bench_distributed", "machine": info, "loadavg_before": load_before,
+               "loadavg_after": load, "rank_environment": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
                "vgg16_gradient_megabytes": 4 * VGG16_PARAMETERS / 1e6, "runs": runs}
     if not args.quick:
         write_json(RESULTS, results)
