@@ -1,6 +1,9 @@
-"""The batch loader: well-formed batches, epochs doubled by flips, determinism per seed, a clean stop."""
+"""The batch loader: well-formed batches, epochs doubled by flips, every entry once per epoch across
+restarts, batches that depend on (seed, iteration) only, ranks that split a global batch, difficult
+objects as non-objects, images without RoIs left out, a clean stop."""
 import os
 import threading
+import warnings
 
 import cv2
 import numpy as np
@@ -68,6 +71,75 @@ def test_an_epoch_visits_every_image_once_plain_and_once_flipped(data):
     assert sorted(seen) == sorted([(i, f) for i in dataset.ids for f in (False, True)])
 
 
+def visits_per_epoch(batches, epoch_size):
+    """{epoch: sorted [(id, flipped)]} of the images the batches hold, by the epoch of their slot."""
+    epochs = {}
+    for batch in batches:
+        for slot, image_id, flipped in zip(batch["slots"], batch["ids"], batch["flipped"]):
+            epochs.setdefault(slot // epoch_size, []).append((image_id, flipped))
+    return {e: sorted(v) for e, v in epochs.items()}
+
+
+@pytest.mark.parametrize("flip, images_per_batch", [(True, 2), (False, 2), (True, 5)])
+def test_every_entry_is_visited_once_per_epoch_across_restarts(data, flip, images_per_batch):
+    # E = 12 (6 images and their mirrors) or 6, B = 2 or 5: with B = 5 batches straddle two epochs.
+    dataset, proposals = data
+    entries = sorted((i, f) for i in dataset.ids for f in ((False, True) if flip else (False,)))
+    epoch_size = len(entries)
+    total = -(-2 * epoch_size // images_per_batch)                # enough batches for two whole epochs
+    restarts = [0, 1, 4, 5, total]                               # a new loader at each of these iterations
+    batches = []
+    for start, stop in zip(restarts, restarts[1:]):
+        with BatchLoader(dataset, proposals, CAFFE, 6, images_per_batch=images_per_batch, scales=(24,),
+                         flip=flip, rois_per_image=4, seed=7, start_iteration=start) as loader:
+            assert loader.epoch_size == epoch_size
+            batches += take(loader, stop - start)
+    assert [b["iteration"] for b in batches] == list(range(total))
+    assert [s for b in batches for s in b["slots"]] == list(range(total * images_per_batch))
+    epochs = visits_per_epoch(batches, epoch_size)
+    assert epochs[0] == entries and epochs[1] == entries
+    assert [e for b in batches for e in zip(b["ids"], b["flipped"])][:epoch_size] != entries  # shuffled
+    first, second = ([e for b in batches for e in zip(b["ids"], b["flipped"])][k * epoch_size:(k + 1) * epoch_size]
+                     for k in (0, 1))
+    assert first != second                                       # each epoch has its own order
+
+
+def test_a_loader_started_at_any_iteration_gives_the_batches_of_one_started_at_zero(data):
+    dataset, proposals = data
+    settings = dict(scales=(36, 48, 72), seed=11, rois_per_image=8)
+    with BatchLoader(dataset, proposals, CAFFE, 6, **settings) as loader:
+        whole = take(loader, 9)
+    for start in (3, 6, 8):       # 6 batches an epoch: 6 starts the second epoch, 8 is inside it
+        with BatchLoader(dataset, proposals, CAFFE, 6, start_iteration=start, **settings) as loader:
+            resumed = take(loader, 9 - start)
+        for x, y in zip(whole[start:], resumed):
+            assert x["ids"] == y["ids"] and x["flipped"] == y["flipped"] and x["scales"] == y["scales"]
+            for key in ("images", "rois", "labels", "bbox_targets", "bbox_weights"):
+                np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_ranks_split_the_global_batch_of_one_process(data):
+    # One process with N = 2 and two ranks with N = 1 see the same images with the same draws.
+    dataset, proposals = data
+    settings = dict(scales=(36, 72), seed=3, rois_per_image=8)
+    with BatchLoader(dataset, proposals, CAFFE, 6, images_per_batch=2, **settings) as one, \
+            BatchLoader(dataset, proposals, CAFFE, 6, images_per_batch=1, rank=0, world_size=2, **settings) as r0, \
+            BatchLoader(dataset, proposals, CAFFE, 6, images_per_batch=1, rank=1, world_size=2, **settings) as r1:
+        for whole, parts in zip(take(one, 7), zip(take(r0, 7), take(r1, 7))):
+            for n, part in enumerate(parts):
+                mine = whole["rois"][:, 0] == n
+                assert part["ids"] == whole["ids"][n:n + 1] and part["flipped"] == whole["flipped"][n:n + 1]
+                assert part["slots"] == whole["slots"][n:n + 1] and part["scales"] == whole["scales"][n:n + 1]
+                np.testing.assert_array_equal(part["rois"][:, 1:], whole["rois"][mine, 1:])
+                assert (part["rois"][:, 0] == 0).all()
+                for key in ("labels", "bbox_targets", "bbox_weights"):
+                    np.testing.assert_array_equal(part[key], whole[key][mine])
+                h, w = part["images"].shape[2:]
+                np.testing.assert_array_equal(part["images"][0], whole["images"][n, :, :h, :w])
+    with pytest.raises(ValueError, match="rank 2"):
+        BatchLoader(dataset, proposals, CAFFE, 6, rank=2, world_size=2)
+
+
 def test_flipped_images_and_their_rois_are_mirrored(data):
     dataset, proposals = data
     with BatchLoader(dataset, proposals, CAFFE, 6, scales=(72,), seed=3) as loader:
@@ -95,7 +167,7 @@ def test_several_scales_pick_one_per_image(data):
     assert scales == {0.5, 1.0, 1.5}
     for n in range(2):
         s = batch["scales"][n]
-        assert batch["rois"][batch["rois"][:, 0] == n, 1:].max() <= 96 * s - 1
+        assert batch["rois"][batch["rois"][:, 0] == n, 1:].max() <= 95 * s      # x2 <= W - 1, scaled
 
 
 def test_same_seed_same_batches_other_seed_other_batches(data):
@@ -158,32 +230,51 @@ def make_folder(root, objects):
     return VOCDataset(root, "trainval")
 
 
-def test_difficult_objects_are_neither_object_nor_background_unless_asked(tmp_path):
+def rois_of(batch, image_id):
+    """(rois (R, 4), labels (R,)) of one image of a batch."""
+    mine = batch["rois"][:, 0] == batch["ids"].index(image_id)
+    return batch["rois"][mine, 1:], batch["labels"][mine]
+
+
+def test_difficult_objects_are_simply_not_ground_truth_unless_asked(tmp_path):
+    # a (class 1) and a difficult b (class 2) side by side, overlapping: IoU(a, b) = 600 / 1200 = 0.5.
+    a, b = (10, 10, 39, 39), (20, 10, 49, 39)
+    both = (15, 10, 44, 39)      # IoU 0.714 with a and with b: a's foreground, even though it covers b
+    on_b = (25, 10, 54, 39)      # IoU 0.714 with b, 0.333 with a: background while b is not ground truth
+    dataset = make_folder(str(tmp_path / "d"), {"pair": [("a", a, False), ("b", b, True)],
+                                                "other": [("a", (5, 30, 30, 55), False)]})
+    proposals = [np.array([both, on_b], np.float32), np.zeros((0, 4), np.float32)]
+    settings = dict(scales=(60,), flip=False, images_per_batch=1)
+    with BatchLoader(dataset, proposals, CAFFE, 3, **settings) as loader:
+        batch = next(b for b in take(loader, 2) if "pair" in b["ids"])
+    rois, labels = rois_of(batch, "pair")
+    found = {tuple(r): int(l) for r, l in zip(rois, labels)}
+    assert found == {a: 1, both: 1, on_b: 0}                     # b itself is no candidate
+    with BatchLoader(dataset, proposals, CAFFE, 3, use_difficult=True, **settings) as loader:
+        batch = next(b for b in take(loader, 2) if "pair" in b["ids"])
+    rois, labels = rois_of(batch, "pair")
+    found = {tuple(r): int(l) for r, l in zip(rois, labels)}
+    assert found == {a: 1, b: 2, both: 1, on_b: 2}               # `both` is nearer a: ties go to the first
+
+
+def test_images_that_can_give_no_roi_are_left_out_with_a_warning(tmp_path):
     hard = (10, 10, 39, 39)
-    dataset = make_folder(str(tmp_path / "d"), {"only_difficult": [("a", hard, True)],
-                                                "normal": [("b", (40, 20, 70, 50), False)]})
-    on_hard = np.array([[10, 10, 39, 39], [12, 10, 40, 38]], np.float32)
-    elsewhere = np.array([[50, 5, 70, 25], [0, 40, 30, 59], [45, 30, 79, 59]], np.float32)
-    proposals = [np.concatenate([on_hard, elsewhere]), elsewhere]
-    with BatchLoader(dataset, proposals, CAFFE, 3, scales=(60,), flip=False) as loader:
-        for batch in take(loader, 3):
-            n = batch["ids"].index("only_difficult")
-            mine = batch["rois"][batch["rois"][:, 0] == n]
-            assert (batch["labels"][batch["rois"][:, 0] == n] == 0).all() and len(mine) == 3
-            assert not any((mine[:, 1:] == box).all(1).any() for box in on_hard)
-    with BatchLoader(dataset, proposals, CAFFE, 3, scales=(60,), flip=False, use_difficult=True) as loader:
-        batch = next(loader)
-        n = batch["ids"].index("only_difficult")
-        assert (batch["labels"][batch["rois"][:, 0] == n] == 1).sum() == 3   # the gt and both covering boxes
-
-
-def test_image_with_nothing_to_sample_is_left_out_without_crashing(tmp_path):
     dataset = make_folder(str(tmp_path / "e"), {"empty": [], "normal": [("b", (40, 20, 70, 50), False)],
+                                                "only_difficult": [("a", hard, True)],
                                                 "other": [("a", (5, 5, 30, 30), False)]})
-    proposals = [np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32)]
-    with BatchLoader(dataset, proposals, CAFFE, 3, scales=(60,)) as loader:
-        assert loader.batches_per_epoch == 2
+    near_hard = np.array([[10, 10, 39, 39], [12, 10, 40, 38], [50, 5, 70, 25]], np.float32)
+    proposals = [near_hard, np.zeros((0, 4), np.float32), near_hard, np.zeros((0, 4), np.float32)]
+    with pytest.warns(UserWarning, match="2 of 4 images have no RoI to train on"):
+        loader = BatchLoader(dataset, proposals, CAFFE, 3, scales=(60,))
+    with loader:
+        assert [dataset.ids[i] for i in loader.usable] == ["normal", "other"] and loader.batches_per_epoch == 2
         for batch in take(loader, 6):
-            assert "empty" not in batch["ids"] and len(batch["rois"]) == 2
-    with pytest.raises(ValueError, match="batch needs"):
+            assert set(batch["ids"]) <= {"normal", "other"} and len(batch["rois"]) == 2   # each gt alone
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                            # all four usable: no warning
+        with pytest.warns(UserWarning, match="1 of 4"):
+            loader = BatchLoader(dataset, proposals, CAFFE, 3, scales=(60,), use_difficult=True)
+        with loader:
+            assert "only_difficult" in [dataset.ids[i] for i in loader.usable]
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="a batch needs 5"):
         BatchLoader(dataset, proposals, CAFFE, 3, images_per_batch=5, flip=False)

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from minidet.data.sampler import sample_rois
+from minidet.data.sampler import has_training_rois, sample_rois
 
 
 def iou_plain(a, b):
@@ -98,15 +98,34 @@ def test_too_few_candidates_give_fewer_rois(rng):
     assert len(rois) == 6 and (labels > 0).sum() == 3
 
 
-def test_image_without_ground_truth_gives_background_from_all_proposals(rng):
+def test_image_without_ground_truth_gives_no_roi(rng):
+    # every IoU is 0, below bg_thresh_lo = 0.1: nothing is background, as in the original
     props = random_proposals(rng, 100)
-    rois, labels, targets, weights = sample_rois(props, np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
-                                                 21, rng=rng)
-    assert len(rois) == 64 and (labels == 0).all()
-    assert targets.shape == (64, 84) and not targets.any() and not weights.any()
+    none = sample_rois(props, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 21, rng=rng)
+    assert [a.shape for a in none] == [(0, 4), (0,), (0, 84), (0, 84)]
+    assert not has_training_rois(props, np.zeros((0, 4), np.float32))
     empty = sample_rois(np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.int64), 21,
                         rng=rng)
     assert [a.shape for a in empty] == [(0, 4), (0,), (0, 84), (0, 84)]
+    # with bg_thresh_lo = 0 (a setting some later recipes use) every proposal is background
+    rois, labels, targets, weights = sample_rois(props, np.zeros((0, 4), np.float32), np.zeros(0, np.int64),
+                                                 21, rng=rng, bg_thresh_lo=0.0)
+    assert len(rois) == 64 and (labels == 0).all() and not targets.any() and not weights.any()
+    assert has_training_rois(props, np.zeros((0, 4), np.float32), bg_thresh_lo=0.0)
+
+
+def test_has_training_rois_agrees_with_what_sample_rois_draws(rng):
+    gt = np.array([[0, 0, 99, 99]], np.float32)
+    far = np.array([[150, 150, 199, 199]], np.float32)                  # IoU 0: neither
+    bg = np.array([[0, 0, 39, 99]], np.float32)                         # IoU 0.4: background
+    assert has_training_rois(far, gt)                                   # the gt is its own foreground
+    assert not has_training_rois(far, np.zeros((0, 4)))
+    # without ground truth, a range of IoU that no candidate can reach: nothing either way
+    for props, thresholds in ((bg, {}), (bg, dict(fg_thresh=0.95, bg_thresh_hi=0.95, bg_thresh_lo=0.5)),
+                              (far, {}), (np.concatenate([far, bg]), dict(bg_thresh_lo=0.45))):
+        for boxes in (gt, np.zeros((0, 4), np.float32)):
+            rois, *_ = sample_rois(props, boxes, np.ones(len(boxes), np.int64), 2, rng=rng, **thresholds)
+            assert has_training_rois(props, boxes, **thresholds) == (len(rois) > 0)
 
 
 def test_background_and_targets_are_finite_and_zero_outside_the_class(scene, rng):

@@ -7,9 +7,9 @@ proposals; each candidate takes the class and IoU of the ground-truth box it ove
     background: bg_thresh_lo <= IoU < bg_thresh_hi ([0.1, 0.5)), label 0, filling the rest
 
 both drawn without replacement: an image with too few of either contributes fewer RoIs.
-An image without ground truth (every object difficult or dropped) has no candidate with
-IoU >= 0.1; it then draws its background from IoU in [0, bg_thresh_hi), all its proposals,
-so that it still shows the network what is not an object.
+An image without ground truth (every object difficult and left out) has no candidate with
+IoU >= 0.1 and gives no RoI at all; the ports' filter_roidb leaves such images out of training,
+and so does the loader, through `has_training_rois`.
 
 Regression targets of a foreground RoI P towards its ground truth G (SPEC.md; +1 widths):
     t = ((Gx - Px) / Pw, (Gy - Py) / Ph, log(Gw / Pw), log(Gh / Ph)),  stored as (t - means) / stds
@@ -48,6 +48,19 @@ def regression_targets(rois, gt_boxes, labels, num_classes, bbox_means=(0, 0, 0,
     return targets, weights
 
 
+def has_training_rois(boxes, gt_boxes, fg_thresh=0.5, bg_thresh_hi=0.5, bg_thresh_lo=0.1):
+    """Whether an image can give a RoI: a candidate (ground truth or proposal) that is foreground,
+    IoU >= fg_thresh, or background, IoU in [bg_thresh_lo, bg_thresh_hi) (py-faster-rcnn's filter_roidb).
+
+    boxes (P, 4) proposals, gt_boxes (G, 4). With ground truth the answer is yes (a ground-truth
+    box is its own foreground); without, no for any bg_thresh_lo > 0.
+    """
+    gt_boxes = np.asarray(gt_boxes, np.float32).reshape(-1, 4)
+    candidates = np.concatenate([gt_boxes, np.asarray(boxes, np.float32).reshape(-1, 4)])
+    _, iou = assign_gt(candidates, gt_boxes)
+    return bool(np.any((iou >= fg_thresh) | ((iou >= bg_thresh_lo) & (iou < bg_thresh_hi))))
+
+
 def sample_rois(boxes, gt_boxes, gt_labels, num_classes, rois_per_image=64, fg_fraction=0.25, rng=None,
                 fg_thresh=0.5, bg_thresh_hi=0.5, bg_thresh_lo=0.1, bbox_stds=(0.1, 0.1, 0.2, 0.2),
                 bbox_means=(0, 0, 0, 0)):
@@ -69,8 +82,7 @@ def sample_rois(boxes, gt_boxes, gt_labels, num_classes, rois_per_image=64, fg_f
     if fg_count < len(fg_inds):
         fg_inds = rng.choice(fg_inds, size=fg_count, replace=False)
 
-    lo = bg_thresh_lo if len(gt_boxes) else 0.0
-    bg_inds = np.nonzero((iou < bg_thresh_hi) & (iou >= lo))[0]
+    bg_inds = np.nonzero((iou < bg_thresh_hi) & (iou >= bg_thresh_lo))[0]
     bg_count = min(rois_per_image - fg_count, len(bg_inds))
     if bg_count < len(bg_inds):
         bg_inds = rng.choice(bg_inds, size=bg_count, replace=False)
