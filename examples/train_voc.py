@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 from minidet.recipes import data_summary, format_recipe, recipe, with_iterations
 from minidet.train_config import add_config_arguments, given_settings
@@ -53,7 +54,7 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def choose_settings(args, log=print):
+def choose_settings(args, log=print, comm=None):
     """(data_dir, {TrainConfig field: (value, where it comes from)}, synthetic?): the recipe of the
     preset on this data, then the --config file, then the options given."""
     given = given_settings(args)
@@ -71,12 +72,14 @@ def choose_settings(args, log=print):
         else:
             log(f"found VOC at {data_dir}")
     synthetic = os.path.abspath(data_dir) == os.path.abspath(SYNTHETIC_DIR)
-    if synthetic:
+    if synthetic and (comm is None or comm.is_root):
         from minidet.data.synthetic import write_synthetic_voc
 
         start = time.perf_counter()
         write_synthetic_voc(data_dir)
         log(f"synthetic data set ready in {data_dir} ({time.perf_counter() - start:.1f} s)")
+    if comm is not None:
+        comm.barrier()                  # the other ranks read what rank 0 wrote
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"{data_dir}: no such folder")
     from minidet.data.voc import VOCDataset
@@ -126,29 +129,41 @@ def main(argv=None):
         except RuntimeError as err:
             print(f"train_voc: {err}", file=sys.stderr)
             return 2
+    from minidet.distributed import make_communicator
+
+    comm = make_communicator(bool(args.distributed), args.device or "cpu", args.allreduce or "auto")
+    say = print if comm.is_root else (lambda *args, **kw: None)     # rank 0 alone speaks and evaluates
+    if not comm.is_root:
+        warnings.simplefilter("ignore")
     try:
-        dataset, settings, synthetic = choose_settings(args)
+        dataset, settings, synthetic = choose_settings(args, say, comm)
     except (OSError, ValueError) as err:
-        print(f"train_voc: {err}", file=sys.stderr)
+        if comm.size > 1:
+            raise                       # the abort hook ends every rank with this message
+        say(f"train_voc: {err}", file=sys.stderr)
         return 2
     if settings["preset"][0] == "vgg16" and not settings.get("weights", (None,))[0]:
-        print("train_voc: VGG16 is fine-tuned from ImageNet weights: pass --weights vgg16.npz (made by "
+        say("train_voc: VGG16 is fine-tuned from ImageNet weights: pass --weights vgg16.npz (made by "
               "`minidet convert-weights vgg16-397923af.pth vgg16.npz`), or --preset small to train the "
               "narrow network from scratch", file=sys.stderr)
         return 2
-    print("settings (value, where it comes from):\n" + format_recipe(settings))
+    say("settings (value, where it comes from):\n" + format_recipe(settings))
     config = TrainConfig.from_dict({k: v for k, (v, _) in settings.items()})
-    print(f"training {config.preset} on {config.data_dir} ({config.split}) for {config.iters} iterations "
+    say(f"training {config.preset} on {config.data_dir} ({config.split}) for {config.iters} iterations "
           f"on the {config.device.upper()}; run folder {config.out}")
     start = time.perf_counter()
     try:
-        summary = train(config, dataset=dataset)
-    except TrainingDiverged as err:
-        print(f"train_voc: {err}", file=sys.stderr)
+        summary = train(config, dataset=dataset, comm=comm)
+    except TrainingDiverged as err:     # every rank stops at the same iteration
+        say(f"train_voc: {err}", file=sys.stderr)
         return 1
     except (FileNotFoundError, ValueError) as err:
-        print(f"train_voc: {err}", file=sys.stderr)
+        if comm.size > 1:
+            raise
+        say(f"train_voc: {err}", file=sys.stderr)
         return 2
+    if not comm.is_root:
+        return 0
     # train_seconds includes the training split's proposals when they are computed (not cached)
     metrics = {"iterations": summary["iterations"], "train_seconds": round(time.perf_counter() - start, 1),
                "preset": config.preset, "data_dir": config.data_dir, "device": config.device,
@@ -171,9 +186,9 @@ def main(argv=None):
     with open(os.path.join(config.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     if "map" in metrics:
-        print(f"mAP {100 * metrics['map']:.1f} (VOC07, {metrics['test_images']} test images); "
+        say(f"mAP {100 * metrics['map']:.1f} (VOC07, {metrics['test_images']} test images); "
               f"{metrics['seconds']:.0f} s in all")
-    print(f"metrics, curves and pictures in {config.out}")
+    say(f"metrics, curves and pictures in {config.out}")
     return 0
 
 

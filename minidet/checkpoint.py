@@ -113,14 +113,14 @@ def model_meta(model, config, class_names, convention, iteration):
     }
 
 
-def write_checkpoint(path, model, optimizer, config, class_names, convention, iteration, seeds):
-    """OUT/checkpoint.npz; `seeds`: {"loader_seed": ..., "dropout_seeds": [...]}, the draws to come."""
+def write_checkpoint(path, model, optimizer, config, class_names, convention, iteration, extra):
+    """OUT/checkpoint.npz; `extra`: more metadata, e.g. {"world_size": W, "dropout_seeds": [...]}."""
     arrays = {"model/" + k: v for k, v in model.state_dict().items()}
     opt_state = optimizer.state_dict()
     arrays.update({"optim/" + k: v for k, v in opt_state.items() if k != "iteration"})
     meta = dict(format="minidet-checkpoint", model=model.config, iteration=int(iteration),
                 optimizer_iteration=int(opt_state["iteration"]), class_names=list(class_names),
-                convention=convention.to_dict(), config=config.to_dict(), **seeds)
+                convention=convention.to_dict(), config=config.to_dict(), **extra)
     save_npz(path, arrays, meta)
 
 

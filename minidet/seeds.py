@@ -1,21 +1,23 @@
 """Seeds that make every random draw of a run a function of (seed, iteration): what exact resuming rests on.
 
-The batch loader prepares batches in a background thread, so its generator's state at a given
-iteration is not something it can hand out. Instead, at the start of a run and after every
-checkpoint, the loader is created anew and each dropout layer restarts its mask stream, from seeds
-derived from (seed, iteration), in an uninterrupted run and in a resumed one alike.
+The batch loader draws every batch from (seed, iteration, place in the batch) (minidet.data.loader).
+The dropout layers draw their masks from a generator each; at the start of a run and after every
+checkpoint each restarts its stream from a seed derived from (seed, iteration), in an uninterrupted
+run and in a resumed one alike.
 """
 import numpy as np
 
 from minidet.nn.dropout import Dropout
 
 
-def segment_seed(seed, iteration, stream=0):
-    """A seed for the random draws from `iteration` on: a function of (seed, iteration, stream) only.
+def segment_seed(seed, iteration, stream=0, rank=0):
+    """A seed for the random draws from `iteration` on: a function of (seed, iteration, stream, rank) only.
 
-    Stream 0 is the batch loader's, stream 1 + k the k-th dropout layer's.
+    Stream 1 + k is the k-th dropout layer's. Each rank of a data-parallel run draws the masks of
+    its own RoIs; rank 0 keeps the stream of a one-process run, the others append their rank.
     """
-    return int(np.random.SeedSequence([int(seed), int(iteration), int(stream)]).generate_state(1)[0])
+    entropy = [int(seed), int(iteration), int(stream)] + ([int(rank)] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def dropout_layers(model):
@@ -23,7 +25,7 @@ def dropout_layers(model):
     return [layer for _, layer in model.named_layers() if isinstance(layer, Dropout)]
 
 
-def reseed_dropouts(model, seed, iteration):
+def reseed_dropouts(model, seed, iteration, rank=0):
     """Restart every dropout layer's mask stream from a seed derived from (seed, iteration).
 
     Works alike for the numpy and the cupy generators (the layer makes its generator from `seed`
@@ -31,6 +33,6 @@ def reseed_dropouts(model, seed, iteration):
     """
     dropouts = dropout_layers(model)
     for k, layer in enumerate(dropouts):
-        layer.seed = segment_seed(seed, iteration, 1 + k)
+        layer.seed = segment_seed(seed, iteration, 1 + k, rank)
         layer.generators = {}
     return [layer.seed for layer in dropouts]

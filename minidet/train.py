@@ -5,16 +5,21 @@ One iteration (SPEC.md "Training"; the paper's Figure 1, left to right and back)
     cls_score, bbox_pred = model.forward(images, rois)        # N images, R RoIs, 25% foreground
     loss, dcls, dbbox = fast_rcnn_loss(cls_score, bbox_pred, labels, targets, weights)
     model.backward(dcls, dbbox)                                # every trained layer's grads
-    sgd.step(model.grads())                                    # v = mu v + lr_eff (g + decay_eff w); w -= v
+    grads, stats = comm.allreduce_gradients(model.grads(), ...)  # one process: the grads themselves
+    sgd.step(grads)                                            # v = mu v + lr_eff (g + decay_eff w); w -= v
 
-The loop around it reads the batch from the loader (minidet.data.loader), reads the loss once after
-the step, logs it (minidet.runlog), and every `checkpoint_every` iterations writes a checkpoint
-(minidet.checkpoint). Resuming continues exactly: the draws after a checkpoint depend on (seed,
-iteration) only (minidet.seeds). A NaN or infinite loss stops the run with an error naming the
-iteration; the parameters it spread into are not saved, and the last checkpoint on disk is the last
-good one. The end of a run writes OUT/final.npz, the model alone.
+The loss is read from the device once, before the update: a NaN or infinite loss stops the run
+(on every rank at once) before the update that would spread it, with an error naming the
+iteration; the last checkpoint on disk is the last good one. The loop around the step takes the
+batches from the loader (minidet.data.loader: a function of (seed, iteration)), logs each step
+(minidet.runlog) and every `checkpoint_every` iterations writes a checkpoint (minidet.checkpoint).
+Resuming continues exactly (minidet.seeds). The end of a run writes OUT/final.npz, the model alone.
+With several processes (config.distributed, minidet.distributed) every rank trains on its share of
+each batch and rank 0 alone writes the log, the checkpoints and the final model.
 """
 import argparse
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -22,61 +27,57 @@ import sys
 import time
 
 from minidet.atomic import atomic_write
-from minidet.backend import asnumpy, get_array_module, require_cupy, to_device
-from minidet.checkpoint import (CHECKPOINT_NAME, FINAL_NAME, build_model, load_initial_weights, read_checkpoint,
-                                write_checkpoint, write_final)
+from minidet.backend import require_cupy, to_device
+from minidet.checkpoint import (BBOX_MEANS, BBOX_STDS, CHECKPOINT_NAME, FINAL_NAME, build_model,
+                                load_initial_weights, read_checkpoint, write_checkpoint, write_final)
 from minidet.convention import SCRATCH, InputConvention
+from minidet.distributed import make_communicator, scale_schedule
 from minidet.losses import fast_rcnn_loss
 from minidet.optim import SGD
 from minidet.runlog import LOG_NAME, truncate_log
-from minidet.seeds import dropout_layers, reseed_dropouts, segment_seed
+from minidet.seeds import reseed_dropouts
 from minidet.train_config import TrainConfig, add_config_arguments, given_settings
 
 BATCH_ARRAYS = ("images", "rois", "labels", "bbox_targets", "bbox_weights")
-RECORD_KEYS = ("loss", "loss_cls", "loss_bbox", "accuracy")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration and the checkpoint kept."""
 
 
-def train_step(model, optimizer, batch):
-    """One SGD iteration on a mini-batch on the model's device -> the loss and its parts, 0-d arrays.
-
-    batch: images (N, 3, H, W), rois (R, 5), labels (R,), bbox_targets, bbox_weights (R, 4(K+1)).
+def train_step(model, optimizer, batch, comm):
+    """One SGD iteration on a mini-batch on the model's device -> stats (the batch's loss, loss_cls,
+    loss_bbox, accuracy and rois, over every rank). batch: images (N, 3, H, W), rois (R, 5), labels
+    (R,), bbox_targets, bbox_weights (R, 4(K+1)). Raises TrainingDiverged before a non-finite update.
     """
     cls_score, bbox_pred = model.forward(batch["images"], batch["rois"])
     loss, dcls, dbbox, parts = fast_rcnn_loss(cls_score, bbox_pred, batch["labels"], batch["bbox_targets"],
                                               batch["bbox_weights"], details=True)
     model.backward(dcls, dbbox)
-    optimizer.step(model.grads())
-    return dict(parts, loss=loss)
+    grads, stats = comm.allreduce_gradients(model.grads(), loss, parts, rois=len(batch["labels"]))
+    if not math.isfinite(stats["loss"]):
+        raise TrainingDiverged(f"loss became {stats['loss']}")
+    optimizer.step(grads)
+    return stats
 
 
-def read_record(values, iteration, lr, rois, tick):
-    """The log record of one step: its values read from the device at once, after the step."""
-    xp = get_array_module(values["loss"])
-    numbers = asnumpy(xp.stack([xp.asarray(values[k], dtype=xp.float64) for k in RECORD_KEYS]))
-    record = {"iteration": iteration, **{k: float(v) for k, v in zip(RECORD_KEYS, numbers)}}
-    return dict(record, lr=lr, rois=int(rois), seconds=time.perf_counter() - tick)
-
-
-def make_loader(config, dataset, proposals, convention, num_classes, iteration):
-    """The batch loader for the batches from `iteration` on, seeded by (config.seed, iteration)."""
-    from minidet.checkpoint import BBOX_MEANS, BBOX_STDS
+def make_loader(config, dataset, proposals, convention, num_classes, start, comm):
+    """The batch loader of this rank, from iteration `start` on (its batches depend on (seed, iteration))."""
     from minidet.data.loader import BatchLoader
 
     return BatchLoader(dataset, proposals, convention, num_classes,
                        images_per_batch=config.images_per_batch, rois_per_image=config.rois_per_image,
                        fg_fraction=config.fg_fraction, bbox_means=BBOX_MEANS, bbox_stds=BBOX_STDS,
                        scales=tuple(config.scales), max_size=config.max_size, flip=config.flip,
-                       use_difficult=config.use_difficult, seed=segment_seed(config.seed, iteration))
+                       use_difficult=config.use_difficult, seed=config.seed, start_iteration=start,
+                       rank=comm.rank, world_size=comm.size)
 
 
-def load_training_data(config, dataset, proposals, log):
-    """The training split and its proposals, read and computed (cached) unless given."""
-    from minidet.data.proposals import load_proposals, proposals_cache_dir
+def load_training_data(config, dataset, proposals, comm, log):
+    """The training split and its proposals, read and computed (cached, shared out between ranks) unless given."""
+    from minidet.data.proposals import proposals_cache_dir
     from minidet.data.voc import VOCDataset
+    from minidet.distributed import load_proposals_sharded
 
     if dataset is None:
         dataset = VOCDataset(config.data_dir, config.split, config.class_names)
@@ -84,14 +85,14 @@ def load_training_data(config, dataset, proposals, log):
         cache = proposals_cache_dir(config.data_dir, config.out, config.proposals_dir)
         log(f"proposals for {len(dataset)} images of {config.split} ({config.proposal_mode} selective search, "
             f"cached in {cache})")
-        proposals = load_proposals(dataset, cache, workers=config.proposal_workers, mode=config.proposal_mode,
-                                   progress=config.progress)
+        proposals = load_proposals_sharded(comm, dataset, cache, workers=config.proposal_workers,
+                                           mode=config.proposal_mode, progress=config.progress)
     return dataset, proposals
 
 
-def prepare_model(config, class_names, ckpt_path, log):
+def prepare_model(config, class_names, ckpt_path, comm, log):
     """(model in training mode, optimizer, input convention, first iteration): new, from --weights, or
-    resumed from the checkpoint."""
+    resumed from the checkpoint; the same on every rank (rank 0's parameters and velocities)."""
     model = build_model(config.preset, len(class_names) + 1, seed=config.seed, **config.model_kwargs)
     convention, start = SCRATCH, 0
     resuming = config.resume and os.path.exists(ckpt_path)
@@ -111,68 +112,77 @@ def prepare_model(config, class_names, ckpt_path, log):
         optimizer.load_state_dict(optim_state)
         convention, start = InputConvention.from_dict(meta["convention"]), int(meta["iteration"])
         log(f"resumed from {ckpt_path} at iteration {start}")
+    comm.bcast_params(model)
+    comm.bcast_arrays(optimizer.velocity)
     return model.train(), optimizer, convention, start
 
 
-def train(config, dataset=None, proposals=None, log=print):
+def train(config, dataset=None, proposals=None, log=print, comm=None):
     """Run (or resume) training as `config` says -> dict(final, checkpoint, iterations, seconds, last).
 
     dataset / proposals: an already loaded data set and its proposals (else read from config.data_dir).
+    comm: the run's communicator (default: made from config.distributed and config.allreduce).
     """
     if config.device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {config.device!r}")
+    comm = comm or make_communicator(config.distributed, config.device, config.allreduce)
     if config.device == "gpu":
         require_cupy()
+    if config.scale_lr:
+        config = dataclasses.replace(config, scale_lr=False, **scale_schedule(
+            config.lr, config.iters, config.step_size, config.warmup_iters, config.warmup_factor, comm.size))
+    comm.check_same(config.to_dict(), "configuration")
+    log = log if comm.is_root else (lambda *args: None)
     os.makedirs(config.out, exist_ok=True)
     ckpt_path, log_path = os.path.join(config.out, CHECKPOINT_NAME), os.path.join(config.out, LOG_NAME)
-    dataset, proposals = load_training_data(config, dataset, proposals, log)
+    dataset, proposals = load_training_data(config, dataset, proposals, comm, log)
     class_names = tuple(dataset.class_names)
-    model, optimizer, convention, start = prepare_model(config, class_names, ckpt_path, log)
+    model, optimizer, convention, start = prepare_model(config, class_names, ckpt_path, comm, log)
+    if comm.size > 1:
+        log(f"{comm.size} ranks ({comm.backend}), {config.images_per_batch} images each: a global batch of "
+            f"{comm.size * config.images_per_batch} images, lr {config.lr:g}")
     checkpointed = start or None        # the iteration of the last checkpoint on disk, for errors
-    truncate_log(log_path, start)
-    with atomic_write(os.path.join(config.out, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2)
+    if comm.is_root:
+        truncate_log(log_path, start)
+        with atomic_write(os.path.join(config.out, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2)
 
-    def checkpoint(done):
-        seeds = {"loader_seed": segment_seed(config.seed, done),
-                 "dropout_seeds": [segment_seed(config.seed, done, 1 + k) for k in range(len(dropout_layers(model)))]}
-        write_checkpoint(ckpt_path, model, optimizer, config, class_names, convention, done, seeds)
-
-    started, last, loader = time.perf_counter(), None, None
-    progress = _progress(config, start)
+    started, last = time.perf_counter(), None
+    loader = make_loader(config, dataset, proposals, convention, len(class_names) + 1, start, comm)
+    reseed_dropouts(model, config.seed, start, comm.rank)
+    progress = _progress(config, start) if comm.is_root else None
     try:
-        with open(log_path, "a") as log_file:
-            for it in range(start, config.iters):
-                if loader is None:      # at the start, and after each checkpoint: see minidet.seeds
-                    loader = make_loader(config, dataset, proposals, convention, len(class_names) + 1, it)
-                    batches = iter(loader)
-                    reseed_dropouts(model, config.seed, it)
+        with open(log_path, "a") if comm.is_root else contextlib.nullcontext() as log_file:
+            for it, batch in zip(range(start, config.iters), loader):
                 tick, lr = time.perf_counter(), optimizer.lr
-                batch = next(batches)
-                values = train_step(model, optimizer, {k: to_device(batch[k], config.device) for k in BATCH_ARRAYS})
-                last = read_record(values, it + 1, lr, len(batch["labels"]), tick)
-                if not math.isfinite(last["loss"]):
+                try:
+                    stats = train_step(model, optimizer, {k: to_device(batch[k], config.device)
+                                                          for k in BATCH_ARRAYS}, comm)
+                except TrainingDiverged as err:
                     kept = (f"the last good checkpoint, {ckpt_path} (iteration {checkpointed}), is kept"
                             if checkpointed is not None else "no checkpoint of this run had been written")
-                    raise TrainingDiverged(f"loss became {last['loss']} at iteration {it + 1} (lr {lr:.3g}); "
-                                           f"training stopped; {kept}")
-                log_file.write(json.dumps(last) + "\n")
-                log_file.flush()
-                _show(progress, last)
+                    raise TrainingDiverged(f"{err} at iteration {it + 1} (lr {lr:.3g}); training stopped before "
+                                           f"the update; {kept}") from None
+                last = dict(iteration=it + 1, **stats, lr=lr, seconds=time.perf_counter() - tick)
+                if comm.is_root:
+                    log_file.write(json.dumps(last) + "\n")
+                    log_file.flush()
+                    _show(progress, last)
                 if it + 1 == config.iters or (config.checkpoint_every and (it + 1) % config.checkpoint_every == 0):
-                    checkpoint(it + 1)
+                    seeds = reseed_dropouts(model, config.seed, it + 1, comm.rank)     # see minidet.seeds
+                    if comm.is_root:
+                        write_checkpoint(ckpt_path, model, optimizer, config, class_names, convention, it + 1,
+                                         {"world_size": comm.size, "dropout_seeds": seeds})
                     checkpointed = it + 1
-                    loader.close()
-                    loader = None
     finally:
         if progress is not None:
             progress.close()
-        if loader is not None:
-            loader.close()
+        loader.close()
 
     final_iteration = max(start, config.iters)
     final_path = os.path.join(config.out, FINAL_NAME)
-    write_final(final_path, model, config, class_names, convention, final_iteration)
+    if comm.is_root:
+        write_final(final_path, model, config, class_names, convention, final_iteration)
     seconds = time.perf_counter() - started
     log(f"trained {final_iteration - start} iterations in {seconds:.1f} s; model in {final_path}")
     return {"final": final_path, "checkpoint": ckpt_path, "iterations": final_iteration,

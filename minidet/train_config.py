@@ -43,6 +43,9 @@ class TrainConfig:
     proposal_workers: int = 2
     checkpoint_every: int = 5000
     seed: int = 0
+    distributed: bool = False                # one rank of an MPI job (minidet.distributed, docs/DISTRIBUTED.md)
+    allreduce: str = "auto"                  # "auto" (NCCL on the GPU, MPI on the CPU), "mpi" or "nccl"
+    scale_lr: bool = False                   # Goyal et al.'s linear rule: lr x W, iterations / W, warmup
     resume: bool = False
     progress: bool = True
     model_kwargs: dict = field(default_factory=dict)   # extra FastRCNN / FastRCNN.small arguments
@@ -99,7 +102,8 @@ def add_config_arguments(parser, skip=()):
             continue
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         kind = _PARSERS.get(f.name) or {bool: parse_bool, int: int, float: float}.get(type(default), str)
-        parser.add_argument("--" + f.name.replace("_", "-"), *_ALIASES.get(f.name, ()), type=kind, dest=f.name, default=None, metavar=f.name.upper(),
+        flag = dict(nargs="?", const=True) if kind is parse_bool else {}      # "--resume" alone means true
+        parser.add_argument("--" + f.name.replace("_", "-"), *_ALIASES.get(f.name, ()), type=kind, dest=f.name, **flag, default=None, metavar=f.name.upper(),
                             help=f"{_HELP.get(f.name, '')} (default {default})".strip())
 
 

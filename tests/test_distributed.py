@@ -8,7 +8,6 @@ as a script, is the worker) and skip when mpi4py or mpiexec is missing (pip inst
 import ctypes
 import importlib.util
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -24,7 +23,7 @@ from minidet.convention import CAFFE
 from minidet.data.loader import BatchLoader
 from minidet.data.synthetic import write_synthetic_voc
 from minidet.data.voc import VOCDataset
-from minidet.distributed import (Communicator, DatasetShard, SingleProcess, choose_backend, merge_shards, rank_seed,
+from minidet.distributed import (Communicator, DatasetShard, SingleProcess, choose_backend, merge_shards,
                                  scale_schedule)
 from minidet.distributed.communicators import NCCLCommunicator
 from minidet.distributed.flat import FlatBuffer, gradient_buffer, pack_step, unpack_step
@@ -68,17 +67,18 @@ def tiny_model(dataset, seed=1):
 
 def forward_backward(model, images, rois, labels, targets, weights):
     """(grads {name: copy}, loss, parts) of one forward and backward in float64."""
-    cls_score, bbox_pred = model.forward(images.astype(np.float64), rois.astype(np.float64), train=True)
+    cls_score, bbox_pred = model.train().forward(images.astype(np.float64), rois.astype(np.float64))
     loss, dcls, dbbox, parts = fast_rcnn_loss(cls_score, bbox_pred, labels, targets, weights, details=True)
     model.backward(dcls, dbbox)
     return {k: v.copy() for k, v in model.grads().items()}, loss, parts
 
 
 def train_steps(comm, dataset, proposals, images_per_batch, iters=3, model_seed=1):
-    """The data-parallel loop: every rank its share of each global batch, one all-reduce, the ordinary SGD.
+    """The data-parallel loop of minidet.train: every rank its share of each global batch, train_step
+    (one all-reduce, the ordinary SGD). Returns (state_dict, [global loss of each iteration])."""
+    from minidet.train import train_step
 
-    Returns (state_dict, [global loss of each iteration])."""
-    model = tiny_model(dataset, model_seed)
+    model = tiny_model(dataset, model_seed).train()
     comm.bcast_params(model)                     # every rank starts from rank 0's parameters
     optimizer = SGD(model.trainable_params(), lr=0.01, momentum=0.9, weight_decay=0.0005)
     losses = []
@@ -86,13 +86,8 @@ def train_steps(comm, dataset, proposals, images_per_batch, iters=3, model_seed=
                      rank=comm.rank, world_size=comm.size, **LOADER) as loader:
         for _ in range(iters):
             batch = next(loader)
-            _, loss, parts = forward_backward(model, batch["images"], batch["rois"], batch["labels"],
-                                              batch["bbox_targets"], batch["bbox_weights"])
-            grads, stats = comm.allreduce_gradients(model.grads(), loss, parts, rois=len(batch["labels"]))
-            if not math.isfinite(stats["loss"]):
-                raise FloatingPointError(f"loss {stats['loss']}")
-            optimizer.step(grads)
-            losses.append(stats["loss"])
+            batch = dict(batch, images=batch["images"].astype(np.float64), rois=batch["rois"].astype(np.float64))
+            losses.append(train_step(model, optimizer, batch, comm)["loss"])
     return model.state_dict(), losses
 
 
@@ -301,15 +296,11 @@ def test_a_distributed_run_without_mpi4py_says_what_to_install():
 
 
 def test_rank_zero_keeps_the_one_process_dropout_stream_and_the_others_get_their_own():
-    seeds = {rank: [rank_seed(7, 500, 1 + k, rank) for k in range(2)] for rank in range(4)}
+    from minidet.seeds import segment_seed
+
+    seeds = {rank: [segment_seed(7, 500, 1 + k, rank) for k in range(2)] for rank in range(4)}
     expected = [int(np.random.SeedSequence([7, 500, 1 + k]).generate_state(1)[0]) for k in range(2)]
     assert seeds[0] == expected
-    try:
-        from minidet.train import segment_seed
-    except ImportError:
-        segment_seed = None
-    if segment_seed is not None:
-        assert seeds[0] == [segment_seed(7, 500, 1 + k) for k in range(2)]
     assert len({s for v in seeds.values() for s in v}) == 8
 
 

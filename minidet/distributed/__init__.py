@@ -15,7 +15,7 @@ A one-process run (the default) gets SingleProcess, which never imports mpi4py.
 """
 from minidet.distributed.communicators import (Communicator, MPICommunicator, NCCLCommunicator, SingleProcess,
                                                install_abort_hook, merge_shards)
-from minidet.distributed.scaling import rank_seed, scale_schedule
+from minidet.distributed.scaling import scale_schedule
 from minidet.distributed.sharding import DatasetShard, detect_dataset_sharded, load_proposals_sharded
 
 BACKENDS = ("auto", "mpi", "nccl")
@@ -51,5 +51,5 @@ def make_communicator(distributed=False, device="cpu", backend="auto", abort_on_
 
 
 __all__ = ["Communicator", "SingleProcess", "MPICommunicator", "NCCLCommunicator", "make_communicator",
-           "choose_backend", "install_abort_hook", "merge_shards", "rank_seed", "scale_schedule",
+           "choose_backend", "install_abort_hook", "merge_shards", "scale_schedule",
            "DatasetShard", "load_proposals_sharded", "detect_dataset_sharded"]

@@ -15,8 +15,8 @@ import hashlib
 import json
 import sys
 
-from minidet.backend import asnumpy, is_gpu_array, require_cupy
-from minidet.distributed.flat import FlatBuffer, gradient_buffer, pack_step, unpack_step
+from minidet.backend import asnumpy, get_array_module, is_gpu_array, require_cupy
+from minidet.distributed.flat import STATS, FlatBuffer, gradient_buffer, pack_step, unpack_step
 
 
 def merge_shards(parts, total):
@@ -107,8 +107,9 @@ class SingleProcess(Communicator):
         super().__init__(0, 1)
 
     def allreduce_gradients(self, grads, loss, parts, rois):
-        stats = {"rois": int(rois), "loss": float(loss)}
-        stats.update({name: float(parts[name]) for name in ("loss_cls", "loss_bbox", "accuracy")})
+        xp = get_array_module(loss)
+        values = xp.stack([xp.asarray(v, dtype=xp.float64) for v in (loss, *(parts[k] for k in STATS[2:]))])
+        stats = dict(zip(STATS[1:], asnumpy(values).tolist()), rois=int(rois))   # one read from the device
         return grads, stats
 
     def _sum_in_place(self, buffer):

@@ -2,9 +2,8 @@
 
 Random streams. The batches need nothing: the loader draws from (seed, iteration, place in the
 global batch), the same on any number of ranks. Dropout masks are drawn on each rank for its own
-RoIs, so each rank needs a stream of its own; rank 0 keeps exactly the stream of a one-process
-run (SeedSequence([seed, iteration, stream]), minidet.train's segment_seed), the others append
-their rank to the entropy.
+RoIs, so each rank needs a stream of its own: minidet.seeds.segment_seed(..., rank), where rank 0
+keeps exactly the stream of a one-process run.
 
 Learning rate (Goyal et al. 2017, "Accurate, large minibatch SGD"): W ranks of N images make a
 batch W times larger, and the linear scaling rule multiplies the learning rate by W; so that the
@@ -16,17 +15,8 @@ from the same starting rate.
 """
 import math
 
-import numpy as np
 
 WARMUP_SHARE = 0.05
-
-
-def rank_seed(seed, iteration, stream, rank=0):
-    """The seed of random stream `stream` of rank `rank` from `iteration` on: an int.
-
-    rank 0: SeedSequence([seed, iteration, stream]), the one-process run's; rank k > 0 appends k."""
-    entropy = [int(seed), int(iteration), int(stream)] + ([int(rank)] if rank else [])
-    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def scale_schedule(lr, iters, step_size, warmup_iters, warmup_factor, world_size):
