@@ -6,11 +6,10 @@ A RoI's points are separable: a point's row depends on (ph, iy) only and its col
 only, so each axis's coordinates, cells and weights are computed once per RoI (`axis_points`),
 not once per bin, channel or point, and a point's four weights are the products of its two axes'.
 
-Forward: the map is copied to NHWC first (minidet._ext.roi_pool.nchw_to_nhwc), so that one cell's
-C channels are contiguous, and every point adds its four weighted cells into the bin's C running
-sums: a loop over channels that the compiler turns into SIMD. Each channel's sum is still taken
-point after point, tap after tap, as in torchvision. The (bin, channel) averages of one RoI are
-then transposed into y[r] (C, PH*PW). Parallel over RoIs: each thread writes whole y[r].
+Forward: the map is copied to NHWC (minidet._ext.roi_pool.nchw_to_nhwc), so that a cell's C channels
+are contiguous, and every point adds its four weighted cells into the bin's C running sums: a SIMD
+loop over channels, each channel still summed point after point, tap after tap, as in torchvision.
+A RoI's (bin, channel) averages are then transposed into y[r] (C, PH*PW). Parallel over RoIs.
 
 Backward: dx is accumulated in NHWC and transposed at the end. Parallel over blocks of channels:
 a thread owns dx[:, :, :, c0:c1] and walks every RoI, bin, point and tap in order, so every
@@ -22,8 +21,7 @@ Division by the point count: v / count and v * (1 / count) are the same number w
 a power of two (both are v / count correctly rounded), as for sampling_ratio 2 (4 points); the
 kernels multiply then, and divide otherwise.
 
-Both kernels release the GIL and run on the calling thread unless use_threads is set
-(minidet/ops/roi_align.py decides by the amount of work).
+Both release the GIL and run on the calling thread unless use_threads (see minidet/ops/roi_align.py).
 """
 from cython.parallel cimport parallel, prange
 from libc.math cimport ceil
@@ -66,11 +64,8 @@ cdef void axis_points(real start, real bin_size, int pooled, int grid, int size,
         for i in range(grid):
             v = (start + <real> p * bin_size) + <real> (i + 0.5) * bin_size / <real> grid
             if not (v >= -1 and v <= size):  # also NaN: the point reads nothing
-                inside[k] = 0
-                lo[k] = 0
-                hi[k] = 0
-                l[k] = 0
-                h[k] = 0
+                inside[k] = lo[k] = hi[k] = 0
+                l[k] = h[k] = 0
             else:
                 inside[k] = 1
                 if v <= 0:
@@ -100,30 +95,18 @@ cdef struct Scratch:
 
 
 cdef Scratch* new_scratch(int entries, size_t real_size) noexcept nogil:
-    """Room for `entries` points (NULL without memory). A pointer, so that each thread of a
-    parallel block assigns its own (OpenMP makes assigned variables private)."""
-    cdef Scratch* s = <Scratch*> malloc(sizeof(Scratch))
-    if s == NULL:
+    """Room for `entries` points in one block (NULL without memory; free() it). A pointer, so that
+    each thread of a parallel block assigns its own (OpenMP makes assigned variables private)."""
+    cdef char* block = <char*> malloc(sizeof(Scratch) + <size_t> entries * (2 * real_size + 3 * sizeof(int)))
+    cdef Scratch* s = <Scratch*> block
+    if block == NULL:
         return NULL
-    s.inside = <int*> malloc(entries * sizeof(int))
-    s.lo = <int*> malloc(entries * sizeof(int))
-    s.hi = <int*> malloc(entries * sizeof(int))
-    s.l = malloc(entries * real_size)
-    s.h = malloc(entries * real_size)
-    if s.inside == NULL or s.lo == NULL or s.hi == NULL or s.l == NULL or s.h == NULL:
-        free_scratch(s)
-        return NULL
+    s.l = block + sizeof(Scratch)                    # the reals first: aligned after the struct
+    s.h = block + sizeof(Scratch) + entries * real_size
+    s.inside = <int*> (block + sizeof(Scratch) + 2 * entries * real_size)
+    s.lo = s.inside + entries
+    s.hi = s.lo + entries
     return s
-
-
-cdef void free_scratch(Scratch* s) noexcept nogil:
-    if s != NULL:
-        free(s.inside)
-        free(s.lo)
-        free(s.hi)
-        free(s.l)
-        free(s.h)
-        free(s)
 
 
 cdef inline void roi_points(const real* roi, real scale, int pooled_h, int pooled_w, int sampling_ratio,
@@ -158,18 +141,9 @@ cdef int largest_table(const real[:, ::1] rois, real scale, int pooled_h, int po
 cdef void average_bins(const real* xn, int W, int C, int pooled_h, int pooled_w, const Scratch* s,
                        real* sums) noexcept nogil:
     """sums (PH*PW, C): each bin's average over the points in s, of xn = x_nhwc[n] (H, W, C)."""
-    cdef int gh = s.gh, gw = s.gw
-    cdef int rows = pooled_h * gh if gh > 0 else 0
-    cdef const int* yin = s.inside
-    cdef const int* ylo = s.lo
-    cdef const int* yhi = s.hi
-    cdef const real* yl = <real*> s.l
-    cdef const real* yh = <real*> s.h
-    cdef const int* xin = s.inside + rows
-    cdef const int* xlo = s.lo + rows
-    cdef const int* xhi = s.hi + rows
-    cdef const real* xl = (<real*> s.l) + rows
-    cdef const real* xh = (<real*> s.h) + rows
+    cdef int gh = s.gh, gw = s.gw, rows = pooled_h * s.gh if s.gh > 0 else 0
+    cdef const real* l = <real*> s.l
+    cdef const real* h = <real*> s.h
     cdef int count = gh * gw if gh * gw > 1 else 1
     cdef bint power_of_two = (count & (count - 1)) == 0
     cdef real inverse = <real> 1 / <real> count
@@ -187,20 +161,20 @@ cdef void average_bins(const real* xn, int W, int C, int pooled_h, int pooled_w,
                 acc[c] = 0
             for iy in range(gh):
                 ky = ph * gh + iy
-                if not yin[ky]:
+                if not s.inside[ky]:
                     continue
                 for ix in range(gw):
-                    kx = pw * gw + ix
-                    if not xin[kx]:
+                    kx = rows + pw * gw + ix
+                    if not s.inside[kx]:
                         continue
-                    w1 = yh[ky] * xh[kx]
-                    w2 = yh[ky] * xl[kx]
-                    w3 = yl[ky] * xh[kx]
-                    w4 = yl[ky] * xl[kx]
-                    v1 = xn + <Py_ssize_t> (ylo[ky] * W + xlo[kx]) * C
-                    v2 = xn + <Py_ssize_t> (ylo[ky] * W + xhi[kx]) * C
-                    v3 = xn + <Py_ssize_t> (yhi[ky] * W + xlo[kx]) * C
-                    v4 = xn + <Py_ssize_t> (yhi[ky] * W + xhi[kx]) * C
+                    w1 = h[ky] * h[kx]
+                    w2 = h[ky] * l[kx]
+                    w3 = l[ky] * h[kx]
+                    w4 = l[ky] * l[kx]
+                    v1 = xn + <Py_ssize_t> (s.lo[ky] * W + s.lo[kx]) * C
+                    v2 = xn + <Py_ssize_t> (s.lo[ky] * W + s.hi[kx]) * C
+                    v3 = xn + <Py_ssize_t> (s.hi[ky] * W + s.lo[kx]) * C
+                    v4 = xn + <Py_ssize_t> (s.hi[ky] * W + s.hi[kx]) * C
                     for c in range(C):
                         acc[c] = acc[c] + (((w1 * v1[c] + w2 * v2[c]) + w3 * v3[c]) + w4 * v4[c])
             if power_of_two:
@@ -247,7 +221,7 @@ def roi_align_forward(const real[:, :, :, ::1] x_nhwc, const real[:, ::1] rois, 
                 for c in range(C):
                     for b in range(B):
                         out[c * B + b] = sums[<Py_ssize_t> b * C + c]
-        free_scratch(s)
+        free(s)
         free(sums)
     if out_of_memory[0]:
         raise MemoryError("roi_align_forward: no memory for the per-thread scratch")
@@ -340,7 +314,7 @@ def roi_align_backward(const real[:, :, ::1] dy, const real[:, ::1] rois, real[:
                                           count, power_of_two, inverse)
                                 add_share(dxn + <Py_ssize_t> (s.hi[ky] * W + s.hi[kx]) * C, gb, w4, nc,
                                           count, power_of_two, inverse)
-        free_scratch(s)
+        free(s)
         free(g)
     if out_of_memory[0]:
         raise MemoryError("roi_align_backward: no memory for the per-thread scratch")
