@@ -1,4 +1,6 @@
 """The figure of minidet.study.conflicts: conflict shares against scale, and one conflicting pair."""
+import warnings
+
 import numpy as np
 
 from minidet.study.conflicts import ROI_LAYERS
@@ -12,7 +14,9 @@ def _draw_example(ax, result, example):
     from minidet.data.transforms import flip_image
     from minidet.data.voc import VOCDataset
 
-    dataset = VOCDataset(result["data_dir"], result["split"], result["class_names"])
+    with warnings.catch_warnings():  # the study has already reported the annotations' problems
+        warnings.simplefilter("ignore")
+        dataset = VOCDataset(result["data_dir"], result["split"], result["class_names"])
     image = dataset.load_image(dataset.ids.index(example["image_id"]))
     if example["flipped"]:
         image = flip_image(image)
@@ -49,25 +53,23 @@ def plot_conflicts(result, path):
     import matplotlib.pyplot as plt
 
     example = result.get("example")
-    fig, axes = plt.subplots(1, 2 if example else 1, figsize=(12 if example else 6, 4.5), squeeze=False)
-    ax = axes[0, 0]
+    panels = 3 if example else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.5))
     settings = sorted({(r["roi_op"], r["roi_layer"]) for r in result["rows"]})
-    for k, (op, layer) in enumerate(settings):
-        rows = sorted((r for r in result["rows"] if (r["roi_op"], r["roi_layer"]) == (op, layer)),
-                      key=lambda r: r["scale"])
-        scales = [r["scale"] for r in rows]
-        colour = f"C{k}"
-        ax.plot(scales, [100 * r["conflict"] for r in rows], "o-", color=colour, label=f"{op} {layer}: conflict")
-        ax.plot(scales, [100 * r["identical"] for r in rows], "s:", color=colour, alpha=0.6,
-                label=f"{op} {layer}: identical")
-    ax.set_xlabel("image scale (shorter side, pixels)")
-    ax.set_ylabel("share of sampled RoIs (%)")
-    ax.set_title(f"RoIs reading another RoI's input ({result['images']} images of {result['split']}, flipped too)",
-                 fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    for ax, key, what in ((axes[0], "conflict", "in conflict: identical input, another label"),
+                          (axes[1], "identical", "identical input to another RoI")):
+        for k, (op, layer) in enumerate(settings):
+            rows = sorted((r for r in result["rows"] if (r["roi_op"], r["roi_layer"]) == (op, layer)),
+                          key=lambda r: r["scale"])
+            ax.plot([r["scale"] for r in rows], [100 * r[key] for r in rows], "o-", color=f"C{k}",
+                    label=f"RoI {op}, {layer}")
+        ax.set_xlabel("image scale (shorter side, pixels)")
+        ax.set_ylabel("share of sampled RoIs (%)")
+        ax.set_title(f"{what}\n{result['images']} images of {result['split']}, each also flipped", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     if example:
-        _draw_example(axes[0, 1], result, example)
+        _draw_example(axes[2], result, example)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

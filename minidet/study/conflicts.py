@@ -162,8 +162,9 @@ def run_conflict_study(data_dir, split="trainval", scales=(224, 320, 480, 600), 
     over them at each scale (each image once as it is and once flipped; the same seed, so the same
     RoIs at every scale), with proposals from minidet.data.proposals.load_proposals (cached in
     proposals_dir, default DATA_DIR/proposals_cache). Returns dict(rows=[per (op, layer, scale):
-    images (image visits), rois, identical and conflict (shares of all RoIs), fg_conflicting (foreground
-    RoIs in conflict)], example=(a conflicting pair: image id, boxes in its pixels, labels) or None, ...).
+    images (image visits), rois, identical and conflict (shares of all RoIs), fg_rois and fg_conflict
+    (the share of them in conflict)], example=(a conflicting pair: image id, boxes in its pixels,
+    labels) or None, ...).
     """
     from tqdm import tqdm
 
@@ -179,7 +180,7 @@ def run_conflict_study(data_dir, split="trainval", scales=(224, 320, 480, 600), 
     subset = ImageSubset(dataset, chosen)
     cache = proposals_dir or os.path.join(data_dir, "proposals_cache")
     proposals = load_proposals(subset, cache, workers=workers, mode=proposal_mode, progress=progress)
-    totals = {(o, l, s): np.zeros(5, np.int64) for o in ops for l in layers for s in scales}
+    totals = {(o, l, s): np.zeros(6, np.int64) for o in ops for l in layers for s in scales}
     example = example_rank = None
     for scale in scales:
         with BatchLoader(subset, proposals, CAFFE, dataset.num_classes, scales=(scale,), seed=seed) as loader:
@@ -194,7 +195,7 @@ def run_conflict_study(data_dir, split="trainval", scales=(224, 320, 480, 600), 
                             map_size = feature_size(*batch["images"].shape[2:], l)
                             group, identical, conflict = identity_groups(roi_keys(rois, o, l, map_size), labels)
                             fg = labels > 0
-                            totals[o, l, scale] += [1, len(rois), identical.sum(), conflict.sum(),
+                            totals[o, l, scale] += [1, len(rois), identical.sum(), conflict.sum(), fg.sum(),
                                                     (conflict & fg).sum()]
                             pair = conflicting_pair(group, conflict, labels)
                             # the example to draw: RoI pooling on conv5_3 at the smallest scale, if any
@@ -206,20 +207,22 @@ def run_conflict_study(data_dir, split="trainval", scales=(224, 320, 480, 600), 
                                     boxes=(rois[list(pair), 1:] / batch["scales"][n]).tolist(),
                                     labels=labels[list(pair)].tolist()), rank
     rows = []
-    for (o, l, s), (n_images, n_rois, n_identical, n_conflict, n_fg_conflict) in totals.items():
+    for (o, l, s), (n_images, n_rois, n_identical, n_conflict, n_fg, n_fg_conflict) in totals.items():
         rows.append(dict(roi_op=o, roi_layer=l, spatial_scale=ROI_LAYERS[l][0], scale=s, images=int(n_images),
                          rois=int(n_rois), identical=float(n_identical / max(n_rois, 1)),
-                         conflict=float(n_conflict / max(n_rois, 1)), fg_conflicting=int(n_fg_conflict)))
+                         conflict=float(n_conflict / max(n_rois, 1)), fg_rois=int(n_fg),
+                         fg_conflict=float(n_fg_conflict / max(n_fg, 1))))
     return dict(data_dir=os.fspath(data_dir), split=split, images=count, image_ids=subset.ids, seed=seed,
                 class_names=list(dataset.class_names), proposal_mode=proposal_mode, rows=rows, example=example)
 
 
 def format_table(result):
     lines = [f"{'op':<6} {'layer':<8} {'scale':>5} {'visits':>6} {'RoIs':>6} {'identical':>10} {'conflict':>9} "
-             f"{'fg in conflict':>15}"]
+             f"{'fg RoIs':>8} {'fg conflict':>12}"]
     for r in result["rows"]:
         lines.append(f"{r['roi_op']:<6} {r['roi_layer']:<8} {r['scale']:>5} {r['images']:>6} {r['rois']:>6} "
-                     f"{100 * r['identical']:>9.2f}% {100 * r['conflict']:>8.2f}% {r['fg_conflicting']:>15}")
+                     f"{100 * r['identical']:>9.2f}% {100 * r['conflict']:>8.2f}% {r['fg_rois']:>8} "
+                     f"{100 * r['fg_conflict']:>11.2f}%")
     return "\n".join(lines)
 
 
