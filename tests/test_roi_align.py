@@ -221,6 +221,10 @@ def test_roi_align_rejects_bad_input_and_handles_no_rois():
         roi_align_backward(np.zeros((1, 1, 7, 7), np.float32), np.zeros((2, 5), np.float32), x.shape)
     with pytest.raises(TypeError, match="float32 or float64"):
         roi_align(x.astype(np.int32), np.zeros((0, 5)))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        roi_align_backward(np.zeros((0, 1, 7, 7), np.int32), np.zeros((0, 5)), x.shape)
+    with pytest.raises(ValueError, match="does not match"):
+        roi_align_backward(np.zeros((1, 1, 7), np.float32), np.zeros((1, 5)), x.shape)
     y = roi_align(x, np.zeros((0, 5), np.float32))
     assert y.shape == (0, 1, 7, 7)
     dx = roi_align_backward(y, np.zeros((0, 5), np.float32), x.shape)

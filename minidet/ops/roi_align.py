@@ -78,8 +78,8 @@ def roi_align_backward(dy, rois, x_shape, output_size=(7, 7), spatial_scale=1 / 
     x_shape = (N, C, H, W).
     """
     xp = get_array_module(dy, rois)
-    if dy.ndim != 4 or dy.dtype not in (np.float32, np.float64):
-        raise ValueError(f"dy must be a float32 or float64 (R, C, PH, PW) array, got {dy.dtype} {dy.shape}")
+    if dy.dtype not in (np.float32, np.float64):
+        raise TypeError(f"dy must be float32 or float64, got {dy.dtype}")
     n, c, h, w = (int(v) for v in x_shape)
     ph, pw = (int(v) for v in output_size)
     if dy.shape != (rois.shape[0], c, ph, pw):

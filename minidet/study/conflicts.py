@@ -234,7 +234,8 @@ def main(argv=None):
     parser.add_argument("--data-dir", required=True, help="a VOC-layout folder (ImageSets/, Annotations/, JPEGImages/)")
     parser.add_argument("--split", default="trainval", help="ImageSets/Main/SPLIT.txt (default: trainval)")
     parser.add_argument("--classes", default=None, help="comma-separated class names when there is no classes.txt")
-    parser.add_argument("--scales", default="224,320,480,600", help="image scales, shorter side (default: 224,320,480,600)")
+    parser.add_argument("--scales", default="224,320,480,600",
+                        help="image scales, shorter side in pixels (default: 224,320,480,600)")
     parser.add_argument("--roi-op", nargs="+", choices=ROI_OPS, default=list(ROI_OPS), help="default: both")
     parser.add_argument("--roi-layer", nargs="+", choices=tuple(ROI_LAYERS), default=list(ROI_LAYERS),
                         help="conv5_3 (scale 1/16) and/or conv4_3 (1/8); default: both")
