@@ -9,6 +9,7 @@ from minidet.nn.dropout import Dropout
 from minidet.nn.linear import Linear
 from minidet.nn.pool import MaxPool2d
 from minidet.nn.reshape import Flatten
+from minidet.nn.roi_align import RoIAlign
 from minidet.nn.roi_pool import RoIPool
 
-__all__ = ["Conv2d", "MaxPool2d", "Linear", "ReLU", "Dropout", "Flatten", "RoIPool"]
+__all__ = ["Conv2d", "MaxPool2d", "Linear", "ReLU", "Dropout", "Flatten", "RoIAlign", "RoIPool"]
