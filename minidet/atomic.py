@@ -1,7 +1,7 @@
 """Writing a file so that a reader sees the old version or the new one, never half of one."""
 import contextlib
 import os
-import tempfile
+import uuid
 
 
 @contextlib.contextmanager
@@ -16,7 +16,8 @@ def atomic_write(path, mode="wb"):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)     # the umask applies, as for open()
     try:
         with os.fdopen(fd, mode) as f:
             yield f

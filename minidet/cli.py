@@ -9,6 +9,7 @@ COMMANDS = {
     "proposals": ("minidet.data.proposals", "compute and cache selective-search proposals for a split"),
     "convert-weights": ("minidet.weights", "convert a torchvision VGG16 .pth (or minidet .npz) to minidet's .npz"),
     "gradcheck": ("minidet.gradcheck", "check every layer's backward against finite differences"),
+    "study": ("minidet.study", "measurements of what the network is asked to learn: `minidet study conflicts`"),
     "plot": ("minidet.plots", "redraw the training curves of one or several run folders on one figure"),
     "convert": ("minidet.convert", "convert between a VOC-layout folder and a COCO JSON file (voc2coco, coco2voc)"),
 }

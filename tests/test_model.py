@@ -410,3 +410,25 @@ def test_conv4_3_small_model_gradient_matches_finite_differences(rng):
     grads = {k: v.copy() for k, v in model.grads().items()}
     errors = directional_errors(model.trainable_params(), grads, loss_value, rng)
     assert max(errors.values()) < 1e-6, errors
+
+
+def test_roialign_model_trains_and_dedups_only_identical_rois(rng):
+    model = FastRCNN.small(3, width=1 / 16, fc_dim=16, roi_op="align", dtype=np.float64, dropout=0.0)
+    perturb_biases(model, rng)
+    images, rois = rng.standard_normal((1, 3, 48, 64)), random_rois(rng, 8, 1, 48, 64)
+    rois = np.concatenate([rois, rois[:3], rois[:2] + [0, 0.5, 0, 0, 0]])     # 3 exact repeats, 2 shifted
+    unique, inverse = unique_pooled_rois(rois, model.roi_pool, np.float64)
+    assert len(unique) == 10 and list(inverse[8:11]) == list(inverse[:3])
+    scores, boxes = model.predict(images, rois, (48, 64))
+    scores_dedup, boxes_dedup = model.predict(images, rois, (48, 64), dedup=True)
+    np.testing.assert_array_equal(scores_dedup, scores)
+    targets = training_targets(rng, len(rois), model.num_classes)
+
+    def loss_value():
+        return float(fast_rcnn_loss(*model.train().forward(images, rois), *targets)[0])
+
+    _, dcls, dbbox = fast_rcnn_loss(*model.train().forward(images, rois), *targets)
+    model.backward(dcls, dbbox)
+    grads = {k: v.copy() for k, v in model.grads().items()}
+    errors = directional_errors(model.trainable_params(), grads, loss_value, rng)
+    assert max(errors.values()) < 1e-6, errors

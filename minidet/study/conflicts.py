@@ -24,6 +24,7 @@ hierarchical, 2 images, 64 RoIs an image, 25% foreground, flips) at several imag
 pooling and RoIAlign on conv5_3 (1/16) and conv4_3 (1/8); `main` is its command line.
 """
 import argparse
+import math
 import json
 import os
 import sys
@@ -184,7 +185,7 @@ def run_conflict_study(data_dir, split="trainval", scales=(224, 320, 480, 600), 
     example = example_rank = None
     for scale in scales:
         with BatchLoader(subset, proposals, CAFFE, dataset.num_classes, scales=(scale,), seed=seed) as loader:
-            for _ in tqdm(range(loader.batches_per_epoch), desc=f"scale {scale}", disable=not progress,
+            for _ in tqdm(range(math.ceil(loader.batches_per_epoch)), desc=f"scale {scale}", disable=not progress,
                           file=sys.stderr):
                 batch = next(loader)
                 for n, image_id in enumerate(batch["ids"]):
@@ -230,7 +231,7 @@ def main(argv=None):
     """`minidet study-conflicts`: how often sampled RoIs with different labels read identical input."""
     from minidet.data.proposals import MODES
 
-    parser = argparse.ArgumentParser(prog="minidet study-conflicts", description=main.__doc__.split(":", 1)[1].strip())
+    parser = argparse.ArgumentParser(prog="minidet study conflicts", description=main.__doc__.split(":", 1)[1].strip())
     parser.add_argument("--data-dir", required=True, help="a VOC-layout folder (ImageSets/, Annotations/, JPEGImages/)")
     parser.add_argument("--split", default="trainval", help="ImageSets/Main/SPLIT.txt (default: trainval)")
     parser.add_argument("--classes", default=None, help="comma-separated class names when there is no classes.txt")
