@@ -28,6 +28,10 @@ def test_bccd_single_point_boxes_are_dropped_with_warnings_naming_the_files(bccd
     assert any("BloodImage_00343.xml" in m and "(RBC)" in m for m in point)
     a = dataset.annotation(dataset.ids.index("BloodImage_00338"))
     assert len(a["boxes"]) == 13                                  # 14 objects in the file, the point dropped
+    written = dataset.annotation(dataset.ids.index("BloodImage_00338"), as_written=True)
+    assert len(written["boxes"]) == 14                            # evaluation sees all 14, the point too
+    b = written["boxes"]
+    assert ((b[:, 2] == b[:, 0]) & (b[:, 3] == b[:, 1])).sum() == 1
     assert not ((a["boxes"][:, 2] == a["boxes"][:, 0]) & (a["boxes"][:, 3] == a["boxes"][:, 1])).any()
 
 
