@@ -2,17 +2,20 @@
 
     python examples/eval_voc.py --checkpoint runs/synthetic/final.npz
     python examples/eval_voc.py --checkpoint runs/voc07/final.npz --data-dir VOCdevkit/VOC2007 --device gpu
+    python examples/eval_voc.py --checkpoint runs/voc07/final.npz --test-scales 480,576,688,864,1200 --max-size 2000
 
 Without --data-dir, the folder the model was trained on is used (it is recorded in the model),
-with its test split. Prints the per-class AP table; writes eval_<split>.json and pr_<split>.png
-(precision-recall curves) beside the checkpoint, or into --out.
+with its test split. The model is tested at its own scale, or at --scale, or at several with
+--test-scales (the paper's multi-scale testing, section 5.1: each proposal is pooled at the scale
+where it is closest to 224x224 pixels). Prints the per-class AP table; writes eval_<split>.json
+and pr_<split>.png (precision-recall curves) beside the checkpoint, or into --out.
 """
 import argparse
 import os
 import sys
 
 from minidet.backend import require_cupy
-from minidet.evaluate import evaluate_checkpoint
+from minidet.inference import add_scale_arguments, evaluate_checkpoint, scales_from_arguments
 from minidet.checkpoint import load_npz
 
 
@@ -24,10 +27,15 @@ def main(argv=None):
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--out", default=None, help="results folder (default: the checkpoint's folder)")
-    parser.add_argument("--scale", type=int, default=None, help="test scale (default: the model's)")
+    add_scale_arguments(parser)
     parser.add_argument("--area-ap", action="store_true", help="VOC2010+ area AP instead of the 11-point AP")
     args = parser.parse_args(argv)
 
+    try:
+        scale = scales_from_arguments(args)
+    except ValueError as err:
+        print(f"eval_voc: {err}", file=sys.stderr)
+        return 2
     if not os.path.isfile(args.checkpoint):
         print(f"eval_voc: {args.checkpoint}: no such file", file=sys.stderr)
         return 2
@@ -49,12 +57,12 @@ def main(argv=None):
     out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     try:
         summary = evaluate_checkpoint(args.checkpoint, data_dir, args.split, args.device, out,
-                                      scale=args.scale, use_07_metric=not args.area_ap)
+                                      scale=scale, max_size=args.max_size, use_07_metric=not args.area_ap)
     except (FileNotFoundError, ValueError) as err:
         print(f"eval_voc: {err}", file=sys.stderr)
         return 2
-    print(f"mAP {100 * summary['map']:.1f} on {summary['images']} images of {args.split}; "
-          f"results in {out}")
+    print(f"mAP {100 * summary['map']:.1f} on {summary['images']} images of {args.split} at scale "
+          f"{summary['scale']} (longer side <= {summary['max_size']}); results in {out}")
     return 0
 
 

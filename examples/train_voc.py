@@ -171,7 +171,7 @@ def main(argv=None):
     plot_losses(os.path.join(config.out, "log.jsonl"), os.path.join(config.out, "loss.png"))
     if not args.no_eval:
         from minidet.data.voc import VOCDataset
-        from minidet.evaluate import evaluate_checkpoint
+        from minidet.inference import evaluate_checkpoint
 
         start = time.perf_counter()
         result = evaluate_checkpoint(summary["final"], config.data_dir, "test", config.device, config.out,

@@ -11,7 +11,7 @@ import numpy as np
 from minidet.backend import get_array_module
 
 # exp(dw) of a wildly wrong prediction overflows float32 (exp(89) = inf) and turns a box into
-# inf - inf = nan. As is customary since py-faster-rcnn, the decoded log-scale is capped at
+# inf - inf = nan. As Detectron does (its BBOX_XFORM_CLIP), the decoded log-scale is capped at
 # log(1000 / 16): a box at most 62.5 times wider or taller than its RoI.
 BBOX_XFORM_CLIP = math.log(1000.0 / 16.0)
 
@@ -71,6 +71,8 @@ def bbox_transform_inv(boxes, deltas):
         ctr = dx * w + x, pred_w = exp(dw) * w,
         x1 = ctr - 0.5 pred_w, x2 = ctr + 0.5 pred_w - 1        (likewise y, h)
     dw and dh are capped at BBOX_XFORM_CLIP = log(1000 / 16) before exp, so no box overflows.
+    The cap is Detectron's: the original Fast R-CNN (test.py _bbox_pred) and py-faster-rcnn take
+    exp(dw) as it comes; the two agree for every box less than 62.5 times its RoI's size.
     Computed in the deltas' float type (float64 if the boxes are float64).
     """
     xp = get_array_module(boxes, deltas)

@@ -220,7 +220,7 @@ def test_agrees_with_voc_reader_on_a_converted_folder(tmp_path):
 
 def test_serves_proposals_and_voc_evaluation_like_a_voc_dataset(coco, tmp_path):
     from minidet.data.proposals import load_proposals
-    from minidet.evaluate import evaluate_detections
+    from minidet.inference import evaluate_detections
 
     ds = COCODataset(*coco)
     proposals = load_proposals(ds, str(tmp_path / "cache"), workers=0, mode="single", progress=False)

@@ -28,6 +28,10 @@ def test_bccd_single_point_boxes_are_dropped_with_warnings_naming_the_files(bccd
     assert any("BloodImage_00343.xml" in m and "(RBC)" in m for m in point)
     a = dataset.annotation(dataset.ids.index("BloodImage_00338"))
     assert len(a["boxes"]) == 13                                  # 14 objects in the file, the point dropped
+    written = dataset.annotation(dataset.ids.index("BloodImage_00338"), as_written=True)
+    assert len(written["boxes"]) == 14                            # evaluation sees all 14, the point too
+    b = written["boxes"]
+    assert ((b[:, 2] == b[:, 0]) & (b[:, 3] == b[:, 1])).sum() == 1
     assert not ((a["boxes"][:, 2] == a["boxes"][:, 0]) & (a["boxes"][:, 3] == a["boxes"][:, 1])).any()
 
 
@@ -74,3 +78,21 @@ def test_selective_search_finds_most_of_the_original_demo_proposals(shared_data)
     assert 500 < len(mine) <= 2000
     covered = (bbox_overlaps(original.astype(np.float64), mine.astype(np.float64)).max(axis=1) >= 0.5).mean()
     assert covered > 0.7
+
+
+@pytest.mark.parametrize("name", ["000004", "001551"])
+def test_demo_image_blob_is_the_originals_bit_for_bit(shared_data, name):
+    # lib/utils/blob.py prep_im_for_blob at the test scale 600 / 1000: float32, minus the means, resized
+    import cv2
+
+    from minidet.convention import CAFFE
+    from minidet.data.transforms import prepare_image
+
+    image = cv2.imread(os.path.join(shared_data, "fast-rcnn-demo", f"{name}.jpg"))
+    original = image.astype(np.float32)
+    original -= np.array([[[102.9801, 115.9465, 122.7717]]])
+    scale = 600 / min(image.shape[:2])
+    original = cv2.resize(original, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    chw, im_scale = prepare_image(image, CAFFE, 600, 1000)
+    assert im_scale == scale and chw.shape == (3, 600, original.shape[1])
+    np.testing.assert_array_equal(chw.transpose(1, 2, 0), original)

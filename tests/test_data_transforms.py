@@ -1,4 +1,5 @@
-"""Rescaling rules, normalisation per convention, flips, and the padded batch blob."""
+"""Rescaling rules, normalisation per convention, the original's blob preparation, flips, the padded batch blob."""
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given
@@ -6,6 +7,29 @@ from hypothesis import strategies as st
 
 from minidet.convention import CAFFE, TORCHVISION, InputConvention
 from minidet.data.transforms import flip_boxes, flip_image, image_scale, make_blob, normalize, prepare_image
+from minidet.convention import SCRATCH
+
+PIXEL_MEANS = np.array([[[102.9801, 115.9465, 122.7717]]])   # the original's cfg.PIXEL_MEANS, float64
+
+
+def original_blob_image(image_bgr, target_size, max_size):
+    """lib/utils/blob.py prep_im_for_blob, written out: float32, minus the means, then resized."""
+    im = image_bgr.astype(np.float32)
+    im -= PIXEL_MEANS
+    short, long = min(im.shape[:2]), max(im.shape[:2])
+    scale = float(target_size) / float(short)
+    if np.round(scale * long) > max_size:
+        scale = float(max_size) / float(long)
+    return cv2.resize(im, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR), scale
+
+
+def normalized_then_resized(image_bgr, convention, scale):
+    """Any convention the original's way: normalised in float32 (per channel, in its channel order),
+    then resized bilinearly."""
+    im = image_bgr[:, :, ::-1] if convention.channel_order == "RGB" else image_bgr
+    im = im.astype(np.float32) / np.float32(255.0) * np.float32(convention.pixel_range)
+    im = (im - np.float32(convention.mean)) / np.float32(convention.std)
+    return cv2.resize(im.astype(np.float32), None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
 
 
 @pytest.mark.parametrize("shape, target, max_size, scale, out", [
@@ -22,6 +46,39 @@ def test_prepare_image_scale_rules(shape, target, max_size, scale, out):
     assert s == pytest.approx(scale)
     assert chw.shape == (3,) + out and chw.dtype == np.float32
     assert image_scale(*shape, target, max_size) == pytest.approx(scale)
+
+
+@pytest.mark.parametrize("shape, target, max_size, scale", [
+    ((7, 12), 6, 10, 6 / 7),      # 12 * 6/7 = 10.29 rounds to 10, not above 10: the shorter side rules
+    ((12, 7), 6, 10, 6 / 7),      #   (min(6/7, 10/12) would have capped it at 10/12)
+    ((7, 13), 6, 10, 10 / 13),    # 13 * 6/7 = 11.14 rounds to 11 > 10: capped
+    ((4, 7), 6, 10, 1.5),         # 7 * 1.5 = 10.5 rounds half to even, to 10: not capped
+    ((1199, 1999), 600, 1000, 600 / 1199),   # 1000.33 at VOC's sizes
+])
+def test_image_scale_caps_on_the_rounded_longer_side(shape, target, max_size, scale):
+    assert image_scale(*shape, target, max_size) == scale
+
+
+@pytest.mark.parametrize("shape, target", [((37, 50), 60), ((50, 37), 24), ((31, 29), 29), ((40, 90), 70)])
+def test_prepare_image_equals_the_originals_prep_im_for_blob(shape, target, rng):
+    # the Caffe convention bit for bit: the same float32 image minus the same means, the same resize
+    image = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
+    expected, expected_scale = original_blob_image(image, target, max_size=100)
+    chw, scale = prepare_image(image, CAFFE, target, max_size=100)
+    assert scale == expected_scale
+    np.testing.assert_array_equal(chw.transpose(1, 2, 0), expected)
+
+
+@pytest.mark.parametrize("convention", [CAFFE, TORCHVISION, SCRATCH], ids=["caffe", "torchvision", "scratch"])
+@pytest.mark.parametrize("target", [60, 24])
+def test_prepare_image_normalises_before_resizing_in_every_convention(convention, target, rng):
+    # Resizing the uint8 image first rounds each resized pixel to an integer: up to 0.5 grey levels
+    # away, far above 1e-3 in every convention's units.
+    image = rng.integers(0, 256, (37, 50, 3), dtype=np.uint8)
+    chw, scale = prepare_image(image, convention, target, max_size=1000)
+    expected = normalized_then_resized(image, convention, scale)
+    assert chw.shape == (3,) + expected.shape[:2]
+    assert np.abs(chw.transpose(1, 2, 0) - expected).max() <= 1e-3
 
 
 def test_caffe_convention_subtracts_bgr_means():

@@ -83,6 +83,28 @@ def test_single_point_box_is_dropped_with_a_warning_naming_file_and_object(tmp_p
     np.testing.assert_array_equal(ds.annotation(0)["boxes"], [[2, 2, 8, 8]])
 
 
+def test_as_written_keeps_every_object_with_its_box_as_annotated(tmp_path):
+    # a point (5, 7, 5, 7), a one-pixel-wide line (12, 2, 12, 20), a box one past the border
+    # (xmin 0 and ymax 31 in a 40x30 image, 1-based), a difficult one: the devkit counts all four
+    objects = [("cat", 3, 3, 9, 9, 0), ("dog", 5, 7, 5, 7, 0), ("cat", 12, 2, 12, 20, 0),
+               ("dog", 0, 2, 41, 31, 0), ("cat", 20, 5, 30, 15, 1)]
+    root = write_folder(tmp_path / "v", {"w": (30, 40, objects)})
+    with pytest.warns(UserWarning, match="no extent"):
+        ds = VOCDataset(root)
+    written = ds.annotation(0, as_written=True)
+    np.testing.assert_array_equal(written["boxes"], [[2, 2, 8, 8], [4, 6, 4, 6], [11, 1, 11, 19],
+                                                     [-1, 1, 40, 30], [19, 4, 29, 14]])
+    np.testing.assert_array_equal(written["labels"], [1, 2, 1, 2, 1])
+    np.testing.assert_array_equal(written["difficult"], [False, False, False, False, True])
+    assert written["id"] == "w"
+    training = ds.annotation(0)          # the point and the line left out, the border box clipped
+    np.testing.assert_array_equal(training["boxes"], [[2, 2, 8, 8], [0, 1, 39, 29], [19, 4, 29, 14]])
+    np.testing.assert_array_equal(training["labels"], [1, 2, 1])
+    np.testing.assert_array_equal(ds[0]["boxes"], training["boxes"])
+    written["boxes"][:] = 0               # copies: the data set keeps its own
+    assert ds.annotation(0, as_written=True)["boxes"][1, 0] == 4
+
+
 def test_box_touching_the_border_is_read_and_clipped(tmp_path):
     # 1-based xmax == W is the last column; W + 1 (one past) is within the tolerance and is clipped.
     root = write_folder(tmp_path / "v", {"e": (30, 40, [("cat", 1, 1, 40, 30, 0), ("dog", 0, 2, 41, 31, 0)])})

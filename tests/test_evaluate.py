@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from minidet.evaluate import box_iou_voc, eval_detection_voc, voc_ap
+from minidet.evaluate import (VOC07_RECALL_THRESHOLDS, box_iou_voc, eval_detection_voc, matlab_colon, voc_ap,
+                              voc_average_precision, voc_precision_recall)
 
 BOX = [0, 0, 9, 9]          # 10 x 10 pixels, pixel-inclusive
 FAR = [50, 50, 60, 60]      # overlaps nothing
@@ -147,3 +148,61 @@ def test_voc_ap_of_an_empty_curve_is_zero():
 def test_mismatched_lengths_raise():
     with pytest.raises(ValueError):
         eval_detection_voc([np.zeros((0, 4))], [np.zeros(0)], [np.zeros(0)], [], [], [])
+
+
+def test_recall_thresholds_are_the_devkits_for_loop():
+    # VOCevaldet.m: `for t=0:0.1:1`. MATLAB's colon counts the first half up from 0 (k * 0.1) and
+    # the second half down from 1 (1 - (10 - k) * 0.1). By hand, as doubles:
+    #   3 * 0.1 = 0.30000000000000004, one unit in the last place above the double nearest 3/10;
+    #   1 - 4 * 0.1 = 0.6, 1 - 3 * 0.1 = 0.7 (0.6999999999999999555910790149937), 1 - 0.2, 1 - 0.1:
+    #   the doubles nearest 6/10 .. 9/10 (np.arange(0, 1.1, 0.1) has 0.6000000000000001 and
+    #   0.7000000000000001 there instead).
+    expected = [0.0, 0.1, 0.2, 0.30000000000000004, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert VOC07_RECALL_THRESHOLDS.tolist() == expected
+    assert float(VOC07_RECALL_THRESHOLDS[3]).hex() == "0x1.3333333333334p-2"   # 3/10 is 0x1.3333333333333p-2
+    assert (3 / 10).hex() == "0x1.3333333333333p-2"
+    assert matlab_colon(0.0, 0.1, 1.0).tolist() == expected
+    assert matlab_colon(0.0, 0.25, 1.0).tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_a_recall_of_exactly_three_tenths_does_not_reach_the_fourth_threshold():
+    # ten objects, three found with nothing wrong: precision 1, 1, 1; recall 0.1, 0.2, 0.3 (= 3/10).
+    # t = 0, 0.1, 0.2 -> 1; t = 0.30000000000000004 > 3/10 -> no precision, 0; the rest 0: AP = 3/11.
+    # (Thresholds at exactly k/10 would give 4/11.)
+    gts = [(i, BOX, 1, False) for i in range(10)]
+    dets = [(i, BOX, 1, 0.9 - 0.1 * i) for i in range(3)]
+    out = evaluate(dets, gts, 10)
+    assert out["recall"][1][-1] == 3 / 10
+    assert out["ap"][1] == pytest.approx(3 / 11)
+    assert out["ap"][1] != pytest.approx(4 / 11)
+    # four found of ten: recall 0.4 reaches t = 0.30000000000000004 and 0.4 -> 5/11
+    out = evaluate([(i, BOX, 1, 0.9 - 0.1 * i) for i in range(4)], gts, 10)
+    assert out["ap"][1] == pytest.approx(5 / 11)
+
+
+def test_eval_detection_voc_is_precision_recall_then_average_precision():
+    # the split: the curves from voc_precision_recall, the APs from voc_average_precision, label by label
+    gts = [(0, BOX, 1, False), (0, FAR, 2, True), (1, BOX, 3, False), (1, FAR, 1, False)]
+    dets = [(0, BOX, 1, 0.9), (0, FAR, 2, 0.8), (1, FAR, 3, 0.7), (1, FAR, 1, 0.6), (1, BOX, 1, 0.95)]
+    pb, pl, ps, gb, gl, gd = ([] for _ in range(6))
+    for i in range(2):
+        mine, theirs = [d for d in dets if d[0] == i], [g for g in gts if g[0] == i]
+        pb.append(np.array([d[1] for d in mine], np.float64))
+        pl.append(np.array([d[2] for d in mine]))
+        ps.append(np.array([d[3] for d in mine]))
+        gb.append(np.array([g[1] for g in theirs], np.float64))
+        gl.append(np.array([g[2] for g in theirs]))
+        gd.append(np.array([g[3] for g in theirs]))
+    precision, recall = voc_precision_recall(pb, pl, ps, gb, gl, gd)
+    # label 1 in score order: img1 BOX (FP), img0 BOX (TP), img1 FAR (TP): precision 0, 1/2, 2/3
+    np.testing.assert_allclose(precision[1], [0, 0.5, 2 / 3])
+    np.testing.assert_allclose(recall[1], [0, 0.5, 1])
+    assert precision[0] is None and recall[0] is None           # the background: seen nowhere
+    assert recall[2] is None and precision[2] is not None       # only a difficult object
+    ap = voc_average_precision(precision, recall)
+    out = eval_detection_voc(pb, pl, ps, gb, gl, gd)
+    np.testing.assert_array_equal(np.isnan(ap), [True, False, True, False])
+    np.testing.assert_allclose(out["ap"], ap)
+    # the interpolated precision is 2/3 at every recall (the last point dominates): AP 2/3 either way
+    assert ap[1] == pytest.approx(2 / 3) and ap[3] == 0.0
+    assert voc_average_precision(precision, recall, use_07_metric=False)[1] == pytest.approx(2 / 3)

@@ -1,10 +1,11 @@
-"""The whole Fast R-CNN: gradients against finite differences and torch, freezing, state dicts, predict."""
+"""The whole Fast R-CNN: gradients against finite differences and torch, freezing, state dicts, scoring."""
 import numpy as np
 import pytest
 
 from minidet.backend import gpu_available
 from minidet.gradcheck import FixedMaskDropout, relative_error
 from minidet.losses import fast_rcnn_loss
+from minidet.detect import score_and_decode
 from minidet.checkpoint import fold_bbox_normalization, unfold_bbox_normalization
 from minidet.models.fast_rcnn import FastRCNN, unique_pooled_rois
 from minidet.nn.roi_pool import RoIPool
@@ -278,20 +279,20 @@ def test_small_preset_is_narrow_and_fully_trained():
     assert sorted(rebuilt.trainable_params()) == sorted(model.trainable_params())
 
 
-def test_predict_decodes_and_clips_a_hand_computed_box():
+def test_score_and_decode_decodes_and_clips_a_hand_computed_box():
     model = FastRCNN(num_classes=2, width=1 / 32, fc_dim=8, dtype=np.float64)
     model.cls_score.params["weight"][...] = 0
     model.cls_score.params["bias"][...] = [0, np.log(3)]           # softmax -> (0.25, 0.75)
     model.bbox_pred.params["weight"][...] = 0
     model.bbox_pred.params["bias"][...] = [0, 0, 0, 0, 0.1, 0.2, np.log(2), 0]
-    rois = np.array([[0, 10, 20, 29, 39]], np.float64)   # w = h = 20, centre (20, 30)
-    scores, boxes = model.predict(np.zeros((1, 3, 40, 40)), rois, (40, 40))
+    proposals = np.array([[10, 20, 29, 39]], np.float64)   # w = h = 20, centre (20, 30)
+    scores, boxes = score_and_decode(model, np.zeros((1, 3, 40, 40)), proposals, [1.0], (40, 40))
     np.testing.assert_allclose(scores, [[0.25, 0.75]])
     # class 0: the RoI itself; class 1: centre (22, 34), size 40x20 -> (2, 24, 41, 43), clipped to 39
     np.testing.assert_allclose(boxes, [[10, 20, 29, 39, 2, 24, 39, 39]], atol=1e-12)
 
 
-def test_predict_dedup_gives_the_same_outputs(rng):
+def test_dedup_gives_the_same_scores_and_boxes(rng):
     model = tiny_model()
     base = random_rois(rng, 20, 1, 64, 96)
     jitter = np.concatenate([np.zeros((60, 1)), rng.uniform(-3, 3, (60, 4))], axis=1)
@@ -300,8 +301,8 @@ def test_predict_dedup_gives_the_same_outputs(rng):
     unique, inverse = unique_pooled_rois(rois, model.roi_pool, np.float64)
     assert len(unique) < len(rois)
     images = rng.standard_normal((1, 3, 64, 96))
-    scores, boxes = model.predict(images, rois, (64, 96))
-    scores_dedup, boxes_dedup = model.predict(images, rois, (64, 96), dedup=True)
+    scores, boxes = score_and_decode(model, images, rois[:, 1:], [1.0], (64, 96), dedup=False)
+    scores_dedup, boxes_dedup = score_and_decode(model, images, rois[:, 1:], [1.0], (64, 96), dedup=True)
     np.testing.assert_allclose(scores_dedup, scores, rtol=1e-12, atol=1e-15)   # the same pooled cells
     np.testing.assert_allclose(boxes_dedup, boxes, rtol=0, atol=1e-9)
 
@@ -419,8 +420,8 @@ def test_roialign_model_trains_and_dedups_only_identical_rois(rng):
     rois = np.concatenate([rois, rois[:3], rois[:2] + [0, 0.5, 0, 0, 0]])     # 3 exact repeats, 2 shifted
     unique, inverse = unique_pooled_rois(rois, model.roi_pool, np.float64)
     assert len(unique) == 10 and list(inverse[8:11]) == list(inverse[:3])
-    scores, boxes = model.predict(images, rois, (48, 64))
-    scores_dedup, boxes_dedup = model.predict(images, rois, (48, 64), dedup=True)
+    scores, boxes = score_and_decode(model, images, rois[:, 1:], [1.0], (48, 64), dedup=False)
+    scores_dedup, boxes_dedup = score_and_decode(model, images, rois[:, 1:], [1.0], (48, 64), dedup=True)
     np.testing.assert_array_equal(scores_dedup, scores)
     targets = training_targets(rng, len(rois), model.num_classes)
 

@@ -10,7 +10,8 @@ from tests.reference import require_torchvision
 
 
 def plain_nms(boxes, scores, threshold):
-    """Greedy NMS as the definition reads: by score (ties: lower index first), +1 areas, IoU > threshold."""
+    """Greedy NMS as the definition reads: by score (ties: lower index first), +1 areas, suppressed at
+    IoU >= threshold (boxes that do not overlap have IoU 0)."""
     order = sorted(range(len(boxes)), key=lambda i: (-scores[i], i))
     suppressed, keep = set(), []
     for a, i in enumerate(order):
@@ -22,10 +23,10 @@ def plain_nms(boxes, scores, threshold):
             u1, v1, u2, v2 = (float(v) for v in boxes[j])
             w = min(x2, u2) - max(x1, u1) + 1
             h = min(y2, v2) - max(y1, v1) + 1
-            if w <= 0 or h <= 0:
-                continue
-            union = (x2 - x1 + 1) * (y2 - y1 + 1) + (u2 - u1 + 1) * (v2 - v1 + 1) - w * h
-            if w * h / union > threshold:
+            iou = 0.0
+            if w > 0 and h > 0:
+                iou = w * h / ((x2 - x1 + 1) * (y2 - y1 + 1) + (u2 - u1 + 1) * (v2 - v1 + 1) - w * h)
+            if iou >= threshold:
                 suppressed.add(j)
     return keep
 
@@ -65,12 +66,28 @@ def test_nms_keeps_the_first_of_identical_boxes_and_orders_equal_scores_by_index
     assert nms(boxes, scores, 0.5).tolist() == [1, 3]
 
 
-def test_nms_suppresses_only_above_the_threshold():
-    # a 10x10 box and its 10x5 half (pixel-inclusive) overlap by exactly 50 / 100 = 0.5
-    boxes = np.array([[0, 0, 9, 9], [0, 0, 9, 4]], np.float32)
-    scores = np.array([1.0, 0.5], np.float32)
-    assert nms(boxes, scores, 0.5).tolist() == [0, 1]
-    assert nms(boxes, scores, 0.49).tolist() == [0]
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel", [nms, nms_reference])
+@pytest.mark.parametrize("first, second, iou", [
+    ([0, 0, 9, 9], [0, 0, 9, 4], 0.5),       # a 10x10 box and its 10x5 half: 50 / 100
+    ([0, 0, 9, 9], [0, 0, 4, 4], 0.25),      # and its 5x5 corner: 25 / 100
+    ([0, 0, 9, 7], [0, 0, 9, 2], 0.375),     # a 10x8 box and the 10x3 strip inside it: 30 / 80
+])
+def test_nms_suppresses_at_an_iou_equal_to_the_threshold(kernel, dtype, first, second, iou):
+    # IoUs that are exact binary fractions, so that iou == threshold holds in any float type:
+    # the original's `ovr >= thresh` suppresses the second box; the next threshold up keeps it.
+    boxes = np.array([first, second], dtype)
+    scores = np.array([1.0, 0.5], dtype)
+    assert kernel(boxes, scores, iou).tolist() == [0]
+    assert kernel(boxes, scores, float(np.nextafter(dtype(iou), dtype(1)))).tolist() == [0, 1]
+
+
+def test_nms_at_threshold_zero_suppresses_every_box_after_the_first():
+    # IoU 0 (no overlap) reaches a threshold of 0, as in the original's `ovr >= thresh`
+    boxes = np.array([[0, 0, 9, 9], [50, 50, 59, 59], [100, 0, 109, 9]], np.float32)
+    scores = np.array([0.2, 0.9, 0.5], np.float32)
+    assert nms(boxes, scores, 0.0).tolist() == [1]
+    assert nms_reference(boxes, scores, 0.0).tolist() == [1]
 
 
 def test_nms_counts_pixels_inclusively():
@@ -94,9 +111,11 @@ def test_nms_rejects_mismatched_shapes():
         nms(np.zeros((3, 5)), np.zeros(3), 0.3)
 
 
-# torchvision's nms uses areas without +1, and sorts scores with an unstable sort. The +1 IoU of
-# (x1, y1, x2, y2) is exactly the plain IoU of (x1, y1, x2 + 1, y2 + 1), so torchvision gets the
-# shifted boxes; and the scores are all distinct, so no tie order is involved.
+# torchvision's nms uses areas without +1, sorts scores with an unstable sort, and suppresses at
+# IoU > threshold. The +1 IoU of (x1, y1, x2, y2) is exactly the plain IoU of (x1, y1, x2 + 1,
+# y2 + 1), so torchvision gets the shifted boxes; the scores are all distinct, so no tie order is
+# involved; and with integer corners both compute the same double IoU, for which `> t` is
+# `>= nextafter(t, inf)`: no double lies between the two.
 @given(detections(distinct_scores=True))
 def test_nms_equals_torchvision_on_boxes_widened_by_one_pixel(case):
     require_torchvision()
@@ -106,7 +125,7 @@ def test_nms_equals_torchvision_on_boxes_widened_by_one_pixel(case):
     boxes, scores, threshold = case
     widened = boxes + np.array([0, 0, 1, 1])
     expected = torchvision.ops.nms(torch.from_numpy(widened), torch.from_numpy(scores), threshold)
-    assert nms(boxes, scores, threshold).tolist() == expected.tolist()
+    assert nms(boxes, scores, np.nextafter(threshold, np.inf)).tolist() == expected.tolist()
 
 
 @pytest.mark.gpu

@@ -164,8 +164,8 @@ def test_loss_falls_on_a_short_run(tiny, tmp_path):
 
 def test_trained_model_detects_over_a_data_set_and_is_evaluated(tiny, tmp_path):
     from minidet.detect import load_model
-    from minidet.evaluate import detect_dataset, evaluate_detections, format_table, plot_pr_curves
-    from minidet.plots import plot_losses
+    from minidet.inference import detect_dataset, evaluate_detections, format_table
+    from minidet.plots import plot_losses, plot_pr_curves
 
     dataset, proposals = tiny
     run(dataset, proposals, tmp_path, iters=3)

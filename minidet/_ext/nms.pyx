@@ -1,7 +1,8 @@
 """Greedy non-maximum suppression on the CPU, and the CPU half of the GPU's bitmask NMS.
 
 Boxes arrive sorted by score, highest first. Box i survives unless an earlier surviving box
-overlaps it by IoU > threshold, with pixel-inclusive areas (x2 - x1 + 1) * (y2 - y1 + 1).
+overlaps it by IoU >= threshold (minidet/ops/nms.py gives the rule and where it comes from), with
+pixel-inclusive areas (x2 - x1 + 1) * (y2 - y1 + 1).
 The IoU is computed in the boxes' float type, with the same operations in the same order as
 minidet/ops/cuda/nms.cu, so that both devices take the same decision on a borderline pair.
 """
@@ -17,10 +18,10 @@ ctypedef fused real:
 cdef void suppress_after(Py_ssize_t i, Py_ssize_t n, const real* x1, const real* y1, const real* x2,
                          const real* y2, const real* areas, real threshold,
                          unsigned char* suppressed) noexcept nogil:
-    """Mark every box j > i whose IoU with box i is > threshold.
+    """Mark every box j > i whose IoU with box i is >= threshold.
 
     IoU = inter / (area_i + area_j - inter) with +1 widths. Branch-free over j, so that the compiler
-    vectorises it: a box without overlap has inter = 0 and IoU 0, never above a threshold >= 0.
+    vectorises it: a box without overlap has inter = 0 and IoU 0, which reaches only a threshold of 0.
     """
     cdef Py_ssize_t j
     cdef real w, h, inter
@@ -28,7 +29,7 @@ cdef void suppress_after(Py_ssize_t i, Py_ssize_t n, const real* x1, const real*
         w = min(x2[i], x2[j]) - max(x1[i], x1[j]) + 1
         h = min(y2[i], y2[j]) - max(y1[i], y1[j]) + 1
         inter = max(w, <real> 0) * max(h, <real> 0)
-        suppressed[j] |= inter / (areas[i] + areas[j] - inter) > threshold
+        suppressed[j] |= inter / (areas[i] + areas[j] - inter) >= threshold
 
 
 def greedy_nms(const real[:, ::1] boxes, double iou_threshold):

@@ -1,43 +1,59 @@
-"""From a decoded image to the network's input: rescale, normalise, flip, pad into a batch.
+"""From a decoded image to the network's input: normalise, rescale, flip, pad into a batch.
 
-Fast R-CNN rescales each image so that its shorter side is `target_size` pixels unless
-its longer side would then exceed `max_size`, in which case the longer side is `max_size`:
+Fast R-CNN rescales each image so that its shorter side is `target_size` pixels unless its
+longer side would then come out longer than `max_size` pixels, in which case the longer side is
+`max_size` (the original's test of the rounded length, lib/utils/blob.py prep_im_for_blob):
 
-    scale = min(target_size / min(H, W), max_size / max(H, W))
+    scale = target_size / min(H, W),  or max_size / max(H, W) if round(scale * max(H, W)) > max_size
 
-Boxes in the rescaled image are the original boxes times `scale`.
+Boxes in the rescaled image are the original boxes times `scale`. As in the original, the pixels
+are normalised first, in floating point, and the normalised image is resized: resizing the uint8
+image first would round every resized pixel to an integer (up to 0.5 away from the original's).
 """
 import cv2
 import numpy as np
 
 
 def image_scale(height, width, target_size=600, max_size=1000):
-    """The factor that brings the shorter side to target_size, capped so the longer side stays <= max_size."""
+    """The factor that brings the shorter side to target_size, unless the longer side would then
+    exceed max_size once rounded to whole pixels: then the factor that makes it max_size."""
     short, long = min(height, width), max(height, width)
-    return min(float(target_size) / short, float(max_size) / long)
+    scale = float(target_size) / float(short)
+    if np.round(scale * long) > max_size:
+        scale = float(max_size) / float(long)
+    return scale
+
+
+def _normalized_hwc(image_bgr, convention):
+    """(H, W, 3) uint8 BGR -> (H, W, 3) float32 in the convention's channel order and units.
+
+    Computed in float64 and rounded once, so that the Caffe convention gives exactly the
+    original's float32(pixel - mean)."""
+    image = image_bgr if convention.channel_order == "BGR" else image_bgr[:, :, ::-1]
+    x = image * (convention.pixel_range / 255.0)
+    x -= np.asarray(convention.mean, np.float64)
+    x /= np.asarray(convention.std, np.float64)
+    return x.astype(np.float32)
 
 
 def normalize(image_bgr, convention):
     """(H, W, 3) uint8 BGR -> (3, H, W) float32: x = (image_in_channel_order / 255 * pixel_range - mean) / std."""
-    image = image_bgr if convention.channel_order == "BGR" else image_bgr[:, :, ::-1]
-    x = image.astype(np.float32) * np.float32(convention.pixel_range / 255.0)
-    x -= np.asarray(convention.mean, np.float32)
-    x /= np.asarray(convention.std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    return np.ascontiguousarray(_normalized_hwc(image_bgr, convention).transpose(2, 0, 1))
 
 
 def prepare_image(image_bgr, convention, target_size=600, max_size=1000):
-    """Rescale (bilinear) and normalise one image.
+    """Normalise and rescale (bilinear) one image, in that order, as the original prepares a blob.
 
     image_bgr (H, W, 3) uint8 -> (chw (3, H', W') float32, scale) with H' = round(H * scale),
     W' = round(W * scale), scale from image_scale(H, W, target_size, max_size).
     """
     height, width = image_bgr.shape[:2]
     scale = image_scale(height, width, target_size, max_size)
+    x = _normalized_hwc(image_bgr, convention)
     if scale != 1.0:
         # fx, fy rather than a target size: pixels map by exactly `scale`, as the boxes do.
-        image_bgr = cv2.resize(image_bgr, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-    return normalize(image_bgr, convention), scale
+        x = cv2.resize(x, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)), scale
 
 
 def flip_image(image):

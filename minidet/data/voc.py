@@ -7,6 +7,12 @@ argument, else the 20 VOC classes. Label k means class_names[k - 1]; 0 is backgr
 Coordinates in the XML are 1-based and pixel-inclusive (a box of one pixel has
 xmin == xmax); the reader subtracts 1, so that boxes are 0-based and pixel-inclusive
 (width = x2 - x1 + 1), the convention of everything else in minidet.
+
+Each image's objects come in two versions. As written (`annotation(i, as_written=True)`): every
+object of the XML, its box as annotated; this is what the VOC devkit evaluates against
+(VOCevaldet.m counts every object of the class). For training (`annotation(i)`, `ds[i]`): boxes
+that stick out of the image by the tolerated pixel clipped into it, and objects without extent
+(a point or a line: xmax == xmin or ymax == ymin) left out, with a warning naming the file.
 """
 import os
 import warnings
@@ -61,12 +67,13 @@ def _number(node, tag, path, where):
 
 
 def parse_voc_xml(path, class_index):
-    """Read one annotation file.
+    """Read one annotation file, every object as written.
 
     class_index: {name: label}. Returns dict(size=(H, W), boxes (G, 4) float32 0-based
-    pixel-inclusive, labels (G,) int64, difficult (G,) bool). Objects whose box is a single
-    point or a line (xmax == xmin or ymax == ymin in the XML) are dropped with a warning;
-    every other problem raises AnnotationError naming the file. The XML's <path> is ignored.
+    pixel-inclusive (the XML's values minus 1, not clipped), labels (G,) int64, difficult (G,) bool).
+    An unknown class, a missing field, an inverted box (xmax < xmin) or a box further than
+    BORDER_TOLERANCE outside the image raises AnnotationError naming the file. The XML's <path>
+    is ignored.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: annotation file is missing")
@@ -100,29 +107,48 @@ def parse_voc_xml(path, class_index):
         if x1 < lo or y1 < lo or x2 > hi_x or y2 > hi_y:
             raise AnnotationError(f"{path}: {where} box ({x1 + 1:g}, {y1 + 1:g}, {x2 + 1:g}, {y2 + 1:g}) "
                                   f"lies outside the {width:g}x{height:g} image")
-        if x2 == x1 or y2 == y1:
-            warnings.warn(f"{path}: {where} box ({x1 + 1:g}, {y1 + 1:g}, {x2 + 1:g}, {y2 + 1:g}) "
-                          f"has no extent (a point or a line); dropped", stacklevel=3)
-            continue
         flag = obj.find("difficult")
-        is_difficult = flag is not None and flag.text is not None and flag.text.strip() not in ("", "0")
-        boxes.append((min(max(x1, 0), width - 1), min(max(y1, 0), height - 1),
-                      min(max(x2, 0), width - 1), min(max(y2, 0), height - 1)))
+        boxes.append((x1, y1, x2, y2))
         labels.append(class_index[name])
-        difficult.append(is_difficult)
+        difficult.append(flag is not None and flag.text is not None and flag.text.strip() not in ("", "0"))
     return dict(size=(int(height), int(width)),
                 boxes=np.array(boxes, np.float32).reshape(-1, 4),
                 labels=np.array(labels, np.int64),
                 difficult=np.array(difficult, bool))
 
 
+def objects_for_training(annotation, path, class_names):
+    """The objects of an as-written annotation that training uses: boxes clipped into the image,
+    those without extent (x2 == x1 or y2 == y1) left out with a warning naming the file `path`
+    and the object (its index in the file and its class, label k being class_names[k - 1]).
+
+    annotation: parse_voc_xml's dict -> the same dict with fewer objects and clipped boxes.
+    """
+    height, width = annotation["size"]
+    boxes = annotation["boxes"]
+    flat = (boxes[:, 2] == boxes[:, 0]) | (boxes[:, 3] == boxes[:, 1])
+    for k in np.flatnonzero(flat):
+        x1, y1, x2, y2 = (float(v) + 1 for v in boxes[k])
+        name = class_names[annotation["labels"][k] - 1]
+        warnings.warn(f"{path}: object {k} ({name}) box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) has no extent "
+                      f"(a point or a line); left out of training (evaluation counts it as written)",
+                      stacklevel=3)
+    keep = ~flat
+    clipped = np.empty_like(boxes[keep])
+    clipped[:, 0::2] = np.clip(boxes[keep][:, 0::2], 0, width - 1)
+    clipped[:, 1::2] = np.clip(boxes[keep][:, 1::2], 0, height - 1)
+    return dict(annotation, boxes=clipped, labels=annotation["labels"][keep],
+                difficult=annotation["difficult"][keep])
+
+
 class VOCDataset:
     """The images of one split of a VOC-layout folder, with their annotations.
 
     ds[i] -> dict(id, image (H, W, 3) uint8 BGR, boxes (G, 4) float32 0-based pixel-inclusive,
-    labels (G,) int64 in 1..K, difficult (G,) bool): every object, difficult ones flagged.
-    All annotations are read and checked once, when the data set is made; images are read
-    from disk on each access.
+    labels (G,) int64 in 1..K, difficult (G,) bool): the objects for training (see the module's
+    docstring), difficult ones flagged. annotation(i, as_written=True): every object as annotated,
+    for evaluation. All annotations are read and checked once, when the data set is made; images
+    are read from disk on each access.
     """
 
     def __init__(self, root, split="trainval", class_names=None):
@@ -135,7 +161,9 @@ class VOCDataset:
             # VOC's per-class split files carry a second column (1/-1); the image id is the first.
             self.ids = [line.split()[0] for line in f if line.strip()]
         class_index = {name: k + 1 for k, name in enumerate(self.class_names)}
-        self.annotations = [parse_voc_xml(self.annotation_path(i), class_index) for i in range(len(self.ids))]
+        self.written = [parse_voc_xml(self.annotation_path(i), class_index) for i in range(len(self.ids))]
+        self.annotations = [objects_for_training(a, self.annotation_path(i), self.class_names)
+                            for i, a in enumerate(self.written)]
         for i in range(len(self.ids)):
             if not os.path.isfile(self.image_path(i)):
                 raise FileNotFoundError(f"{self.image_path(i)}: image file is missing "
@@ -159,9 +187,10 @@ class VOCDataset:
         """(H, W) as the annotation gives it."""
         return self.annotations[i]["size"]
 
-    def annotation(self, i):
-        """ds[i] without the image: dict(id, boxes, labels, difficult), copies."""
-        a = self.annotations[i]
+    def annotation(self, i, as_written=False):
+        """ds[i] without the image: dict(id, boxes, labels, difficult), copies. as_written=True:
+        every object of the XML with its box as annotated (0-based), as the devkit evaluates."""
+        a = self.written[i] if as_written else self.annotations[i]
         return dict(id=self.ids[i], boxes=a["boxes"].copy(), labels=a["labels"].copy(),
                     difficult=a["difficult"].copy())
 

@@ -60,9 +60,9 @@ def load_proposals_sharded(comm, dataset, cache_dir, progress=True, **kwargs):
 
 
 def detect_dataset_sharded(comm, model, dataset, proposals, convention, **kwargs):
-    """minidet.evaluate.detect_dataset over this rank's images, gathered: (boxes, labels, scores)
+    """minidet.inference.detect_dataset over this rank's images, gathered: (boxes, labels, scores)
     lists for every image on rank 0, None on the other ranks. kwargs go to detect_dataset."""
-    from minidet.evaluate import detect_dataset
+    from minidet.inference import detect_dataset
 
     mine = comm.shard(range(len(dataset)))
     kwargs["progress"] = kwargs.get("progress", True) and comm.is_root

@@ -12,7 +12,6 @@ stops at the first layer that returns None). The paper trains conv3_1 and above.
 import numpy as np
 
 from minidet.backend import asnumpy, get_array_module, to_device
-from minidet.boxes import bbox_transform_inv, clip_boxes
 from minidet.models.svd import compress_fast_rcnn
 from minidet.models.vgg16 import FEATURE_STRIDE, VGG16_DEPTH, conv_names, vgg16_channels, vgg16_trunk
 from minidet.nn.activation import ReLU
@@ -21,7 +20,6 @@ from minidet.nn.layer import Sequential
 from minidet.nn.linear import Linear
 from minidet.nn.reshape import Flatten
 from minidet.nn.roi_pool import RoIPool
-from minidet.ops.softmax import softmax
 
 POOLED_SIZE = (7, 7)
 # The map RoIs are pooled from -> (stages of the trunk kept, its stride): the last convolution of
@@ -246,27 +244,6 @@ class FastRCNN:
         return self
 
     # -- inference ---------------------------------------------------------------------------
-
-    def predict(self, images, rois, image_size, dedup=False):
-        """Class probabilities and one box per class for each RoI, as the paper tests.
-
-        images (1, 3, H, W), rois (R, 5), image_size (H, W) of the image inside the blob
-        -> scores (R, K+1) = softmax(cls_score), boxes (R, 4(K+1)) = rois[:, 1:5] moved by bbox_pred
-        (raw deltas: a trained model's normalisation is folded into bbox_pred) and clipped to
-        [0, W-1] x [0, H-1]. dedup=True computes RoIs that pool the same feature cells once
-        (identical outputs; each RoI still decodes its own box).
-        """
-        xp = get_array_module(images)
-        rois = xp.asarray(rois)
-        if dedup:
-            unique, inverse = unique_pooled_rois(rois, self.roi_pool, self.dtype)
-            cls_score, bbox_pred = self.forward(images, rois[unique])
-            cls_score, bbox_pred = cls_score[inverse], bbox_pred[inverse]
-        else:
-            cls_score, bbox_pred = self.forward(images, rois)
-        scores = softmax(cls_score)
-        boxes = clip_boxes(bbox_transform_inv(rois[:, 1:5], bbox_pred), image_size)
-        return scores, boxes
 
     def compress(self, fc6_rank=1024, fc7_rank=256, images=None, rois=None, repeat=3):
         """Truncated SVD of fc6 and fc7 (paper 3.1); a report dict. See minidet.models.svd."""

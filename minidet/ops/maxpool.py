@@ -30,7 +30,10 @@ def pooled_size(size, kernel_size, stride, padding=0, ceil_mode=False):
     floor mode: (size + 2p - k) // s + 1.
     ceil mode (Caffe's rounding): ceil((size + 2p - k) / s) + 1, less one when the last
     window would start beyond the input and its left padding, i.e. (out - 1)*s >= size + p,
-    as Caffe and torch do. VGG16's 2x2 stride-2 pools in ceil mode take 600 -> 300 -> 150 -> 75 -> 38.
+    as torch does. Caffe makes that correction only when p > 0; without padding the two differ
+    only for a stride larger than the window (k = 1, s = 3 on 5 inputs: torch and minidet 2,
+    Caffe 3), never for k >= s, where (out - 1)*s < size - k + s <= size. So VGG16's 2x2
+    stride-2 pools come out as Caffe's: 600 -> 300 -> 150 -> 75 -> 38.
     """
     span = size + 2 * padding - kernel_size
     if span < 0:

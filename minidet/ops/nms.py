@@ -2,13 +2,16 @@
 
     order = boxes by score, highest first (equal scores: lower index first)
     for each box in that order, unless already suppressed: keep it, and suppress every later
-    box whose IoU with it is > iou_threshold
+    box whose IoU with it is >= iou_threshold
     IoU = inter / (area_a + area_b - inter), pixel-inclusive: area = (x2 - x1 + 1) (y2 - y1 + 1)
 
-A box is suppressed when its IoU is strictly greater than the threshold, as in the classic GPU
-kernel of Fast/Faster R-CNN and in torchvision. (The original Fast R-CNN's Cython CPU version
-suppressed at IoU >= threshold; the two differ only on exact ties.) The IoU is computed in the
-boxes' float type (float32 stays float32; other types are taken as float64).
+A box is suppressed when its IoU reaches the threshold, as in the original Fast R-CNN's Cython
+NMS (lib/utils/nms.pyx, `ovr >= thresh`), the one its test code runs. Its plain NumPy twin
+(lib/utils/nms.py) and the later ports' GPU kernel and torchvision suppress only above the
+threshold; the two rules differ only on exact ties, such as a 10x10 box and its 10x5 half
+(IoU 50/100) at a threshold of 0.5. At a threshold of 0 every box after the first is suppressed,
+overlapping or not (IoU 0 reaches 0), as in the original. The IoU is computed in the boxes'
+float type (float32 stays float32; other types are taken as float64).
 
 CPU: minidet/_ext/nms.pyx (one pass with a byte of suppression state per box, GIL released).
 GPU: minidet/ops/cuda/nms.cu computes the suppression bitmask in 64-box tiles on the device; the
@@ -63,7 +66,7 @@ def nms_reference(boxes, scores, iou_threshold):
         inter = w * h
         with np.errstate(divide="ignore", invalid="ignore"):
             iou = np.where((w > 0) & (h > 0), inter / (areas[i] + areas[i + 1:] - inter), 0)
-        suppressed[i + 1:] |= iou > dtype(iou_threshold)
+        suppressed[i + 1:] |= iou >= dtype(iou_threshold)
     return order[np.array(keep, dtype=np.int64)]
 
 

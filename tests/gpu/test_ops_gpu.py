@@ -222,7 +222,7 @@ def random_boxes(rng, n, clusters=None, size=600.0):
 
 
 def greedy_nms(boxes, scores, threshold):
-    """Plain greedy NMS, one box at a time: keep the best, drop all with IoU > threshold (+1 areas)."""
+    """Plain greedy NMS, one box at a time: keep the best, drop all with IoU >= threshold (+1 areas)."""
     areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
     alive = np.ones(len(boxes), bool)
     keep = []
@@ -233,7 +233,7 @@ def greedy_nms(boxes, scores, threshold):
         w = np.maximum(0, np.minimum(boxes[i, 2], boxes[:, 2]) - np.maximum(boxes[i, 0], boxes[:, 0]) + 1)
         h = np.maximum(0, np.minimum(boxes[i, 3], boxes[:, 3]) - np.maximum(boxes[i, 1], boxes[:, 1]) + 1)
         inter = w * h
-        alive &= inter / (areas[i] + areas - inter) <= threshold
+        alive &= inter / (areas[i] + areas - inter) < threshold
     return np.asarray(keep, np.int64)
 
 

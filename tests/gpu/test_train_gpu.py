@@ -225,24 +225,6 @@ def test_a_gpu_training_iteration_makes_no_host_round_trip(cp, monkeypatch):
     assert np.isfinite(float(loss))
 
 
-def test_predict_on_gpu_matches_cpu_with_and_without_dedup(cp):
-    rng = np.random.default_rng(3)
-    images, rois, *_ = random_batch(rng, num_images=1, num_rois=40)
-    shifted = rois[:10].copy()
-    shifted[:, 1:] += 1                                          # mostly the same cells: pooled once with dedup
-    rois = np.concatenate([rois, rois[:10], shifted])
-    cpu, gpu = small_model(), small_model().to("gpu")
-    scores, boxes = cpu.predict(images, rois, IMAGE_SIZE)
-    rtol = float32_rtol() / 10
-    for dedup in (False, True):
-        scores_gpu, boxes_gpu = gpu.predict(cp.asarray(images), cp.asarray(rois), IMAGE_SIZE, dedup=dedup)
-        assert is_gpu_array(scores_gpu) and is_gpu_array(boxes_gpu)
-        assert scores_gpu.dtype == np.float32 and boxes_gpu.dtype == np.float32
-        assert_close_to_magnitude(asnumpy(scores_gpu), scores, rtol, f"scores, dedup={dedup}")
-        assert_close_to_magnitude(asnumpy(boxes_gpu), boxes, rtol, f"boxes, dedup={dedup}")
-    np.testing.assert_allclose(asnumpy(scores_gpu).sum(axis=1), 1, rtol=1e-5)
-
-
 def test_train_loop_with_device_gpu_logs_the_cpu_losses(cp, tiny_voc, tmp_path):
     from minidet.checkpoint import load_npz
     from minidet.runlog import read_log

@@ -46,7 +46,7 @@ extern "C" __global__ void nms_mask(const scalar_t* __restrict__ boxes, int n, s
         const scalar_t* box = boxes + i * 4;
         unsigned long long bits = 0;
         for (int k = (row == col) ? threadIdx.x + 1 : 0; k < col_size; ++k) {
-            if (box_iou(box, tile + k * 4) > threshold) bits |= 1ULL << k;
+            if (box_iou(box, tile + k * 4) >= threshold) bits |= 1ULL << k;
         }
         mask[(long long)i * tiles + col] = bits;
     }

@@ -1,0 +1,118 @@
+"""A model over a data set: ground truth as written, detection at one or several scales, the table, the commands."""
+import numpy as np
+import pytest
+
+from minidet.convention import CAFFE
+from minidet.data.voc import VOCDataset
+from minidet.inference import (detect_dataset, evaluate_detections, format_table, ground_truth, parse_scales,
+                               scales_from_arguments)
+from tests.test_data_voc import write_folder
+
+
+@pytest.fixture
+def written_folder(tmp_path):
+    # image "a" (30x40): a cat, a one-pixel point of a dog (1-based 5,7,5,7), and a 2x2 cat in the
+    # corner written one pixel past the border (1-based 0,0,1,1: 0-based -1,-1,0,0)
+    return write_folder(tmp_path / "voc", {
+        "a": (30, 40, [("cat", 3, 3, 9, 9, 0), ("dog", 5, 7, 5, 7, 0), ("cat", 0, 0, 1, 1, 0)]),
+        "b": (30, 40, [("dog", 10, 10, 20, 20, 0)]),
+    })
+
+
+def test_ground_truth_is_every_object_as_written(written_folder):
+    with pytest.warns(UserWarning, match="no extent"):
+        dataset = VOCDataset(written_folder)
+    boxes, labels, difficult = ground_truth(dataset)
+    np.testing.assert_array_equal(boxes[0], [[2, 2, 8, 8], [4, 6, 4, 6], [-1, -1, 0, 0]])
+    np.testing.assert_array_equal(labels[0], [1, 2, 1])
+    np.testing.assert_array_equal(boxes[1], [[9, 9, 19, 19]])
+    assert not np.concatenate(difficult).any()
+
+
+def test_evaluation_counts_the_objects_as_the_devkit_does(written_folder):
+    # Detections: the cat exactly (TP), the dog's point exactly (TP: the devkit counts it, +1 areas
+    # make it one pixel), the corner cat as training sees it, clipped to (0, 0, 0, 0): against the
+    # written 2x2 box its IoU is 1/4 -> FP, and that cat stays missed; image b's dog exactly (TP).
+    # cat: 0.9 TP, 0.7 FP over 2 objects: precision 1, 1/2; recall 1/2, 1/2 -> 11-point AP 6/11
+    # dog: 0.8 TP, 0.6 TP over 2 objects -> AP 1
+    with pytest.warns(UserWarning):
+        dataset = VOCDataset(written_folder)
+    boxes = [np.array([[2, 2, 8, 8], [4, 6, 4, 6], [0, 0, 0, 0]], np.float32), np.array([[9, 9, 19, 19]], np.float32)]
+    labels = [np.array([1, 2, 1]), np.array([2])]
+    scores = [np.array([0.9, 0.8, 0.7], np.float32), np.array([0.6], np.float32)]
+    result = evaluate_detections(dataset, boxes, labels, scores)
+    assert result["ap_by_class"]["cat"] == pytest.approx(6 / 11)
+    assert result["ap_by_class"]["dog"] == pytest.approx(1.0)
+    assert result["map"] == pytest.approx((6 / 11 + 1) / 2)
+    table = format_table(result, dataset.class_names)
+    assert table.splitlines()[1].split() == ["cat", "54.5"] and table.splitlines()[-1].split() == ["mAP", "77.3"]
+
+
+class ConstantModel:
+    """forward() that scores class 1 at 0.9 for every RoI and predicts zero deltas."""
+
+    dtype = np.float32
+
+    def forward(self, images, rois):
+        cls_score = np.tile(np.log(np.array([0.1, 0.9], np.float32)), (len(rois), 1))
+        return cls_score, np.zeros((len(rois), 8), np.float32)
+
+
+@pytest.mark.parametrize("scale", [30, (30,), (20, 30, 60)])
+def test_detect_dataset_runs_every_image_at_one_or_several_scales(written_folder, scale):
+    with pytest.warns(UserWarning):
+        dataset = VOCDataset(written_folder)
+    proposals = [np.array([[2, 2, 8, 8], [20, 5, 35, 25]], np.float32), np.array([[9, 9, 19, 19]], np.float32)]
+    boxes, labels, scores = detect_dataset(ConstantModel(), dataset, proposals, CAFFE, scale, 100,
+                                           progress=False)
+    # zero deltas: every proposal is its own detection of class 1 at 0.9, whatever the scales
+    np.testing.assert_array_equal(boxes[0], proposals[0])
+    np.testing.assert_array_equal(boxes[1], proposals[1])
+    assert [len(l) for l in labels] == [2, 1] and all((s == np.float32(0.9)).all() for s in scores)
+
+
+def test_detect_dataset_needs_one_proposal_set_per_image(written_folder):
+    with pytest.warns(UserWarning):
+        dataset = VOCDataset(written_folder)
+    with pytest.raises(ValueError, match="1 proposal sets for 2 images"):
+        detect_dataset(ConstantModel(), dataset, [np.zeros((0, 4))], CAFFE, progress=False)
+
+
+def test_test_scales_from_the_command_line():
+    assert parse_scales("480,576,688,864,1200") == (480, 576, 688, 864, 1200)
+    assert parse_scales("240") == (240,)
+    for bad in ("", "480,abc", "0,240", "-5"):
+        with pytest.raises(ValueError, match="test scales"):
+            parse_scales(bad)
+
+    class Args:
+        scale, test_scales = 300, "180,240"
+
+    with pytest.raises(ValueError, match="not both"):
+        scales_from_arguments(Args)
+    Args.scale = None
+    assert scales_from_arguments(Args) == (180, 240)
+    Args.test_scales, Args.scale = None, 300
+    assert scales_from_arguments(Args) == 300
+
+
+@pytest.mark.parametrize("module", ["examples/eval_voc.py", "minidet.inference"])
+def test_eval_commands_offer_multi_scale_testing(module, capsys):
+    import importlib.util
+    import os
+
+    if module.endswith(".py"):
+        path = os.path.join(os.path.dirname(__file__), "..", module)
+        spec = importlib.util.spec_from_file_location("eval_voc", path)
+        main = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(main)
+    else:
+        main = importlib.import_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--test-scales" in text and "--max-size" in text
+    assert main.main(["--checkpoint", "nowhere.npz", "--data-dir", ".", "--scale", "300",
+                      "--test-scales", "180,240"]) == 2
+    assert "not both" in capsys.readouterr().err
