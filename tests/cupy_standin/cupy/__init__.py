@@ -29,7 +29,7 @@ What it cannot check:
 import numpy as _numpy
 
 from . import cuda, random
-from ._array import array, asarray, ascontiguousarray, asnumpy, ndarray
+from ._array import array, asarray, ascontiguousarray, asnumpy, empty, empty_like, ndarray
 from ._array import apply as _apply
 from ._raw_kernel import RawKernel
 
