@@ -118,3 +118,46 @@ extern "C" __global__ void scale(const scalar_t* x, int n, scalar_t* y) {
     assert "declared but never referenced" in log
     assert "double precision" in log
     assert any(o.startswith("-arch=") for o in options) is False and "-ftz=true" in options
+
+
+# ---- the cupy.ElementwiseKernel operations, wrapped in a kernel as CuPy wraps them -------------
+
+def elementwise_kernels():
+    from minidet.ops import elementwise
+    from minidet.optim import GPU_STEP_KERNEL
+
+    kernels = {f"elementwise.{name}": (*spec, elementwise.PREAMBLE) for name, spec in elementwise.GPU_KERNELS.items()}
+    kernels["optim.sgd_step"] = GPU_STEP_KERNEL
+    return kernels
+
+
+C_TYPES = {"uint32": "unsigned int", "int32": "int", "float32": "float", "float64": "double"}
+
+
+def elementwise_source(in_params, out_params, operation, preamble, scalar):
+    """A __global__ kernel running `operation` for element i, its parameters bound as CuPy binds them."""
+    arguments, bindings = [], []
+    for params, output in ((in_params, False), (out_params, True)):
+        for param in (p.split() for p in params.split(",")):
+            raw = param[0] == "raw"
+            c_type, name = param[-2], param[-1]
+            c_type = C_TYPES.get(c_type, c_type)
+            if raw:
+                arguments.append(f"{'' if output else 'const '}{c_type}* {name}")
+            else:
+                arguments.append(f"{'' if output else 'const '}{c_type}* _raw_{name}")
+                bindings.append(f"{c_type}& {name} = _raw_{name}[i];" if output else f"const {c_type} {name} = _raw_{name}[i];")
+    return (f"typedef {scalar} T;\ntypedef {scalar} L;\n{preamble}\n"
+            f'extern "C" __global__ void elementwise({", ".join(arguments)}, long long n) {{\n'
+            f"    const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;\n"
+            f"    if (i >= n) return;\n    {' '.join(bindings)}\n    {operation};\n}}\n")
+
+
+@pytest.mark.parametrize("scalar", SCALARS)
+@pytest.mark.parametrize("name", sorted(elementwise_kernels()))
+def test_elementwise_operations_compile_with_nvrtc_without_warnings(cupy_nvrtc, name, scalar, monkeypatch):
+    source = elementwise_source(*elementwise_kernels()[name], scalar)
+    options = cupy_nvrtc.options(("-std=c++17",) + PTXAS_WARNINGS[scalar])
+    binary, log = cupy_nvrtc.compile(source, options, "80", monkeypatch)
+    assert len(binary) > 0
+    assert log == "", f"NVRTC warned on {name} ({scalar}):\n{log}\n{source}"

@@ -461,12 +461,11 @@ def test_sgd_steps_on_gpu_match_cpu_in_place(cp, dtype):
     for g in grads[:3]:
         cpu.step(g)
         gpu_sgd.step({k: cp.asarray(v) for k, v in g.items()})
-    rtol = 1e-6 if dtype == np.float32 else 1e-14
-    for name in params:
+    for name in params:                                            # the same roundings: bit for bit
         assert params_gpu[name] is arrays_gpu[name]                # updated in place: the model sees it
         assert is_gpu_array(gpu_sgd.velocity[name])
-        assert_matches(params_gpu[name], params[name], rtol=rtol)
-        assert_matches(gpu_sgd.velocity[name], cpu.velocity[name], rtol=rtol)
+        assert_identical(params_gpu[name], params[name])
+        assert_identical(gpu_sgd.velocity[name], cpu.velocity[name])
     # a saved optimiser (numpy) loads onto GPU parameters and continues as the CPU one does
     resumed = SGD(params_gpu, **settings)
     resumed.load_state_dict(cpu.state_dict())
@@ -474,7 +473,34 @@ def test_sgd_steps_on_gpu_match_cpu_in_place(cp, dtype):
     cpu.step(grads[3])
     resumed.step({k: cp.asarray(v) for k, v in grads[3].items()})
     for name in params:
-        assert_matches(params_gpu[name], params[name], rtol=rtol)
+        assert_identical(params_gpu[name], params[name])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_step_on_gpu_given_a_nonfinite_loss_changes_nothing_and_reads_nothing_back(cp, monkeypatch, dtype):
+    from tests.gpu.test_train_gpu import HostTransfers
+
+    rng = np.random.default_rng(1)
+    params = {"fc.weight": cp.asarray(rng.standard_normal((6, 5)).astype(dtype)),
+              "fc.bias": cp.asarray(rng.standard_normal(6).astype(dtype))}
+    grads = {k: cp.asarray(rng.standard_normal(v.shape).astype(dtype)) for k, v in params.items()}
+    sgd = SGD(params, lr=0.1, momentum=0.9)
+    sgd.step(grads)
+    before = {k: asnumpy(v) for k, v in params.items()}
+    velocity = {k: asnumpy(v) for k, v in sgd.velocity.items()}
+    transfers = HostTransfers(cp, monkeypatch)
+    for bad in (np.nan, np.inf):
+        sgd.step(grads, loss=cp.asarray(dtype(bad)))
+    sgd.step(grads, loss=cp.asarray(dtype(1.5)))                   # a finite loss: the step happens
+    monkeypatch.undo()
+    assert transfers.events == []
+    cpu = SGD(before, lr=0.1, momentum=0.9)
+    cpu.velocity = velocity
+    cpu.step({k: asnumpy(v) for k, v in grads.items()}, loss=np.nan)
+    assert all(np.array_equal(before[k], cpu.params[k]) for k in before)     # the CPU skips alike
+    cpu.step({k: asnumpy(v) for k, v in grads.items()}, loss=1.5)
+    for name in params:
+        assert_identical(params[name], cpu.params[name])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -31,6 +31,7 @@ import numpy as _numpy
 from . import cuda, random
 from ._array import array, asarray, ascontiguousarray, asnumpy, empty, empty_like, ndarray
 from ._array import apply as _apply
+from ._elementwise import ElementwiseKernel
 from ._raw_kernel import RawKernel
 
 __version__ = "0+standin"

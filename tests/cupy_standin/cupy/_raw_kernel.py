@@ -156,7 +156,7 @@ def launcher_source(name, parameters):
             f"    }}, &arguments, seed);\n}}\n")
 
 
-def compiler_flags(code, options, kernels, modes):
+def compiler_flags(code, options, modes, float_kernel):
     """g++'s flags for `code`: CuPy's -D and -std options, then the stand-in's emulation and builds."""
     flags = ["-O1", "-shared", "-fPIC", "-include", _HEADER,
              *[o for o in options if o.startswith(("-D", "-std="))]]
@@ -169,7 +169,7 @@ def compiler_flags(code, options, kernels, modes):
         flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
     if "__syncthreads" in code:
         flags.append("-DHOST_CUDA_BARRIERS")
-    if is_float_kernel(code, options, kernels):
+    if float_kernel:
         flags.append("-DHOST_CUDA_FTZ")              # CuPy's -ftz=true: float arithmetic flushes subnormals
     return flags
 
@@ -185,13 +185,21 @@ def is_float_kernel(code, options, kernels):
 
 
 def compile_library(code, options, kernels):
-    """A ctypes library of `code` compiled with g++ under `options` (-D, -std), with a launcher per kernel.
+    """A ctypes library of `code` compiled with g++ under `options` (-D, -std), with a launcher per kernel."""
+    flags = compiler_flags(code, options, build_modes(), is_float_kernel(code, options, kernels))
+    source = code + "\n" + "".join(launcher_source(name, parameters) for name, parameters in kernels.items())
+    return shared_library(source, flags)
+
+
+def shared_library(source, flags):
+    """A ctypes library of the C++ `source` compiled with g++ `flags` (host_cuda.h included by them).
 
     Cached on disk by content; the generated .cpp stays beside the library, for reading g++'s errors."""
+    if "-fsanitize=address,undefined" in flags and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        raise RuntimeError("cupy stand-in: the sanitize build needs libasan preloaded; run the process "
+                           "with the environment of cupy._raw_kernel.sanitizer_environment()")
     with open(_HEADER) as f:
         header = f.read()
-    flags = compiler_flags(code, options, kernels, build_modes())
-    source = code + "\n" + "".join(launcher_source(name, parameters) for name, parameters in kernels.items())
     key = hashlib.sha256("\0".join([header, source, *flags]).encode()).hexdigest()[:20]
     stem = os.path.join(cache_dir(), key)
     if not os.path.exists(f"{stem}.so"):
@@ -255,9 +263,6 @@ class RawKernel:
 
     def launcher(self):
         if self._launcher is None:
-            if "sanitize" in build_modes() and "libasan" not in os.environ.get("LD_PRELOAD", ""):
-                raise RuntimeError("cupy stand-in: the sanitize build needs libasan preloaded; run the process "
-                                   "with the environment of cupy._raw_kernel.sanitizer_environment()")
             library = compile_library(self.code, self.options, self.kernels)
             launcher = getattr(library, f"host_launch_{self.name}")
             launcher.argtypes = [ctypes.c_ulonglong] + [ctypes.c_uint] * 6 + [ctypes.c_void_p if p.pointer else p.ctype

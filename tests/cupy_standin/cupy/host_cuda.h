@@ -207,13 +207,19 @@ inline void run_block(void (*body)(void*), void* state) {
 }
 #endif
 
+// While alive, float arithmetic flushes subnormals as under -ftz=true (with HOST_CUDA_FTZ defined).
+struct FlushToZero {
+#if defined(__x86_64__) && defined(HOST_CUDA_FTZ)
+    unsigned int saved = _mm_getcsr();
+    FlushToZero() { _mm_setcsr(saved | 0x8040); }  // FTZ (bit 15) and DAZ (bit 6)
+    ~FlushToZero() { _mm_setcsr(saved); }
+#endif
+};
+
 // Run `body(state)` once per thread of a grid x block launch; `seed` picks the shuffled orders.
 inline void launch(host_cuda_dim3 grid, host_cuda_dim3 block, void (*body)(void*), void* state,
                    std::uint64_t seed) {
-#if defined(__x86_64__) && defined(HOST_CUDA_FTZ)
-    const unsigned int saved_csr = _mm_getcsr();
-    _mm_setcsr(saved_csr | 0x8040);  // FTZ (bit 15) and DAZ (bit 6)
-#endif
+    FlushToZero flush_to_zero;
     gridDim = grid;
     blockDim = block;
 #ifdef HOST_CUDA_SHUFFLE
@@ -234,9 +240,6 @@ inline void launch(host_cuda_dim3 grid, host_cuda_dim3 block, void (*body)(void*
     for (blockIdx.z = 0; blockIdx.z < grid.z; ++blockIdx.z)
         for (blockIdx.y = 0; blockIdx.y < grid.y; ++blockIdx.y)
             for (blockIdx.x = 0; blockIdx.x < grid.x; ++blockIdx.x) run_block(body, state);
-#endif
-#if defined(__x86_64__) && defined(HOST_CUDA_FTZ)
-    _mm_setcsr(saved_csr);
 #endif
 }
 
