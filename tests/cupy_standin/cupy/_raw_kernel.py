@@ -14,7 +14,8 @@ The build follows CuPy's: float kernels (those whose parameters and macros name 
 subnormals, as -ftz=true does on the GPU (host_cuda.h). CUPY_STANDIN_BUILD adds, comma-separated:
 - "fma": -ffp-contract=fast (and -mfma where the CPU has it), as NVRTC contracts a * b + c into
   one fused multiply-add by default; a result that holds only without contraction fails there;
-- "shuffle": blocks and threads run in a new pseudo-random order at every launch (host_cuda.h);
+- "shuffle": blocks and threads run in a new pseudo-random order at every launch (host_cuda.h),
+  from the launch count and CUPY_STANDIN_SHUFFLE_SEED (default 0): set it to try other orders;
 - "sanitize": -fsanitize=address,undefined, every error fatal; the Python process must have
   libasan preloaded (LD_PRELOAD), which `sanitizer_environment()` gives.
 """
@@ -162,7 +163,10 @@ def compiler_flags(code, options, modes, float_kernel):
              *[o for o in options if o.startswith(("-D", "-std="))]]
     if not any(o.startswith("-std=") for o in options):
         flags.append("-std=c++17")                   # CuPy's default
-    flags += ["-ffp-contract=fast"] + (["-mfma"] if cpu_has_fma() else []) if "fma" in modes else ["-ffp-contract=off"]
+    if "fma" in modes:                               # GCC contracts from -O2 on
+        flags += ["-O2", "-ffp-contract=fast"] + (["-mfma"] if cpu_has_fma() else [])
+    else:
+        flags.append("-ffp-contract=off")
     if "shuffle" in modes:
         flags.append("-DHOST_CUDA_SHUFFLE")
     if "sanitize" in modes:
@@ -259,7 +263,8 @@ class RawKernel:
         values = [p.check(value, f"{where} argument {k}") for k, (p, value) in enumerate(zip(self.parameters, args))]
         global _launches
         _launches += 1
-        self.launcher()(_launches, *grid, *block, *values)
+        seed = _launches + (int(os.environ.get("CUPY_STANDIN_SHUFFLE_SEED", "0")) << 32)
+        self.launcher()(seed, *grid, *block, *values)
 
     def launcher(self):
         if self._launcher is None:
