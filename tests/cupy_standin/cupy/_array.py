@@ -14,6 +14,8 @@ As in CuPy:
 """
 import numpy
 
+copies = []     # what each ndarray.set() was: "async" (pinned source, a stream) or "pageable"
+
 _UNARY = ("neg", "pos", "abs", "invert")
 _BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift")
 _COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
@@ -32,6 +34,20 @@ class ndarray:
 
     def item(self):
         return self._array.item()
+
+    # ---- a copy from the host: asynchronous when the source is pinned and a stream is given (CuPy's rule)
+
+    def set(self, arr, stream=None):
+        """Copy the numpy array `arr` (same shape and dtype) into this array."""
+        from .cuda import is_pinned
+
+        if not isinstance(arr, numpy.ndarray):
+            raise TypeError(f"cupy stand-in: set() takes a numpy array, got {type(arr).__name__}")
+        if arr.shape != self._array.shape or arr.dtype != self._array.dtype:
+            raise ValueError(f"cupy stand-in: set() of a {arr.dtype} {arr.shape} array into a "
+                             f"{self._array.dtype} {self._array.shape} one")
+        copies.append("async" if is_pinned(arr) and stream is not None else "pageable")
+        self._array[...] = arr
 
     def tolist(self):
         return self._array.tolist()
