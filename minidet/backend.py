@@ -84,7 +84,7 @@ def probe_gpu():
     except Exception as err:
         return None, _diagnose("compile", err, cp)
     if not np.array_equal(values, 2 * np.arange(64, dtype=np.float32) + 1):
-        return None, (f"GPU unavailable: minidet's test kernel ran on {_device_name(cp)} but returned wrong "
+        return None, (f"GPU unavailable to CuPy: minidet's test kernel ran on {_device_name(cp)} but returned wrong "
                       "values; check the driver installation (nvidia-smi) and CUDA_VISIBLE_DEVICES")
     return cp, None
 
@@ -96,30 +96,30 @@ def _diagnose(stage, err, cp):
     ctk = f"pip install '{package}[ctk]'"
     if stage == "import":
         if isinstance(err, ModuleNotFoundError) and err.name == "cupy":
-            return ("GPU unavailable: CuPy is not installed; install minidet's gpu13 extra "
+            return ("GPU unavailable to CuPy: CuPy is not installed; install minidet's gpu13 extra "
                     "(pip install 'cupy-cuda13x[ctk]', for a CUDA 13 driver) or gpu extra ('cupy-cuda12x[ctk]')")
-        return f"GPU unavailable: CuPy failed to import ({text}); reinstall it: {ctk}"
+        return f"GPU unavailable to CuPy: CuPy failed to import ({text}); reinstall it: {ctk}"
     if stage == "device":
         if "NoDevice" in text or "0 devices" in text:
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
             hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
-            return f"GPU unavailable: the NVIDIA driver sees no CUDA GPU{hint}"
+            return f"GPU unavailable to CuPy: the NVIDIA driver sees no CUDA GPU{hint}"
         if "InsufficientDriver" in text or "driver" in text.lower():
             if not _libcuda_loads():
-                return ("GPU unavailable: no NVIDIA driver (libcuda.so.1 not found); install the NVIDIA "
+                return ("GPU unavailable to CuPy: no NVIDIA driver (libcuda.so.1 not found); install the NVIDIA "
                         "driver for your GPU")
-            return (f"GPU unavailable: the NVIDIA driver is older than the CUDA runtime of {package} "
+            return (f"GPU unavailable to CuPy: the NVIDIA driver is older than the CUDA runtime of {package} "
                     f"({text}); update the driver, or install the CuPy of its CUDA version (cupy-cuda12x[ctk])")
         if "libcudart" in text or "cudart" in text.lower():
-            return f"GPU unavailable: the CUDA runtime library is missing ({text}); {ctk}"
-        return f"GPU unavailable: CUDA could not start ({text})"
+            return f"GPU unavailable to CuPy: the CUDA runtime library is missing ({text}); {ctk}"
+        return f"GPU unavailable to CuPy: CUDA could not start ({text})"
     if "nvrtc" in text.lower():
-        return f"GPU unavailable: NVRTC, CuPy's kernel compiler, is missing ({text}); {ctk}"
+        return f"GPU unavailable to CuPy: NVRTC, CuPy's kernel compiler, is missing ({text}); {ctk}"
     if "header" in text.lower():
-        return f"GPU unavailable: CuPy finds no CUDA headers to compile kernels with ({text}); {ctk} or set CUDA_PATH"
+        return f"GPU unavailable to CuPy: CuPy finds no CUDA headers to compile kernels with ({text}); {ctk} or set CUDA_PATH"
     if "Compile" in type(err).__name__:
-        return f"GPU unavailable: NVRTC could not compile minidet's test kernel ({text})"
-    return f"GPU unavailable: minidet's test kernel failed on {_device_name(cp)} ({text})"
+        return f"GPU unavailable to CuPy: NVRTC could not compile minidet's test kernel ({text})"
+    return f"GPU unavailable to CuPy: minidet's test kernel failed on {_device_name(cp)} ({text})"
 
 
 def _cupy_package(cp):

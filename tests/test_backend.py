@@ -32,7 +32,7 @@ def install_cupy(monkeypatch, module):
 
 def assert_one_line_naming(reason, *words):
     assert reason is not None and "\n" not in reason, reason
-    assert reason.startswith("GPU unavailable: "), reason
+    assert reason.startswith("GPU unavailable to CuPy: "), reason
     for word in words:
         assert word in reason, reason
     with pytest.raises(RuntimeError) as raised:
