@@ -76,7 +76,9 @@ def probe_gpu():
     if count < 1:
         return None, _diagnose("device", RuntimeError("cudaErrorNoDevice: 0 devices"), cp)
     try:
-        kernel = cp.RawKernel(_PROBE_SOURCE, "minidet_probe", options=("-std=c++14",))
+        from minidet.ops.cuda import compile_options
+
+        kernel = cp.RawKernel(_PROBE_SOURCE, "minidet_probe", options=compile_options())
         x = cp.asarray(np.arange(64, dtype=np.float32))
         y = cp.empty(64, dtype=cp.float32)
         kernel((1,), (64,), (x, np.int32(64), y))       # CuPy compiles on the first launch

@@ -17,7 +17,7 @@ A step reads and writes each parameter's arrays without making any of their size
 fused kernel per parameter reads g, w, v once and writes v, w once; on the CPU NumPy's ufuncs
 write into one scratch array, kept across steps and as large as the largest parameter. Both
 devices round as "s = decay_eff * w; s += g; s *= lr_eff; v = momentum * v + s; w -= v" in the
-parameter's dtype, the GPU with its products rounded apart from its sums (no fused multiply-add),
+parameter's dtype (s = lr_eff * g where decay_eff is 0), the GPU with its products rounded apart from its sums (no fused multiply-add),
 so the two agree bit for bit (float32 subnormals aside, which the GPU flushes).
 
 `step(grads, loss)` leaves every parameter and velocity unchanged when the loss is NaN or infinite,
@@ -32,7 +32,7 @@ from minidet.backend import asnumpy, get_array_module, is_gpu_array
 
 _GPU_STEP = """
 if (isfinite(loss[0])) {
-    T s = mul_rn(lr_eff, add_rn(mul_rn(decay_eff, w), g));
+    const T s = mul_rn(lr_eff, decay_eff != (T)0 ? add_rn(mul_rn(decay_eff, w), g) : g);
     v = add_rn(mul_rn(momentum, v), s);
     w = sub_rn(w, v);
 }
@@ -138,9 +138,12 @@ class SGD:
                 continue
             # v = momentum * v + lr_eff * (g + decay_eff * w), in place in w's dtype
             s = self._scratch(w)
-            np.multiply(w, decay, out=s)
-            s += g
-            s *= lr_eff
+            if decay:
+                np.multiply(w, decay, out=s)
+                s += g
+                s *= lr_eff
+            else:                                   # no decay term at all, as for biases
+                np.multiply(g, lr_eff, out=s)
             v *= self.momentum
             v += s
             w -= v

@@ -161,3 +161,11 @@ def test_elementwise_operations_compile_with_nvrtc_without_warnings(cupy_nvrtc, 
     binary, log = cupy_nvrtc.compile(source, options, "80", monkeypatch)
     assert len(binary) > 0
     assert log == "", f"NVRTC warned on {name} ({scalar}):\n{log}\n{source}"
+
+
+def test_the_backends_test_kernel_compiles_with_nvrtc_without_warnings(cupy_nvrtc, monkeypatch):
+    from minidet.backend import _PROBE_SOURCE
+
+    options = cupy_nvrtc.options(compile_options() + PTXAS_WARNINGS["float"])
+    binary, log = cupy_nvrtc.compile(_PROBE_SOURCE, options, "80", monkeypatch)
+    assert len(binary) > 0 and log == "", log
