@@ -65,3 +65,13 @@ def test_dropout_on_the_gpu_draws_the_cpus_masks(cp, p, dtype):
     kept = asnumpy(dropout(cp.ones((1000, 1000), dtype), p, 5, 0)) != 0
     np.testing.assert_array_equal(kept, dropout_keep((1000, 1000), p, 5, 0))
     assert abs(kept.mean() - (1 - p)) < 0.005
+
+
+def test_subnormal_relu_on_the_gpu_rectifies_the_flushed_input(cp):
+    # CuPy compiles elementwise kernels with -ftz=true too: a float32 subnormal is not > 0 there.
+    from tests.gpu.test_ops_gpu import flush_subnormals, subnormal_mixture
+
+    x = subnormal_mixture(np.random.default_rng(3), (4, 50), np.float32)
+    assert_identical(relu(cp.asarray(x)), relu(flush_subnormals(x)))
+    x64 = x.astype(np.float64)
+    assert_identical(relu(cp.asarray(x64)), relu(x64))
