@@ -12,10 +12,51 @@ Biases learn twice as fast and are not decayed, as in the paper's prototxt (name
 ".bias" get lr_mult 2, decay_mult 0 unless told otherwise). Frozen layers are simply absent
 from `params`. Arrays are updated in place, so the model that owns them sees the change; numpy
 and cupy arrays alike.
+
+A step reads and writes each parameter's arrays without making any of their size: on the GPU one
+fused kernel per parameter reads g, w, v once and writes v, w once; on the CPU NumPy's ufuncs
+write into one scratch array, kept across steps and as large as the largest parameter. Both
+devices round as "s = decay_eff * w; s += g; s *= lr_eff; v = momentum * v + s; w -= v" in the
+parameter's dtype (s = lr_eff * g where decay_eff is 0), the GPU with its products rounded apart from its sums (no fused multiply-add),
+so the two agree bit for bit (float32 subnormals aside, which the GPU flushes).
+
+`step(grads, loss)` leaves every parameter and velocity unchanged when the loss is NaN or infinite,
+on the GPU without reading the loss back: the training loop can read the loss once, after the
+step, and still stop before an update that would spread a NaN.
 """
+import functools
+
 import numpy as np
 
 from minidet.backend import asnumpy, get_array_module, is_gpu_array
+
+_GPU_STEP = """
+if (isfinite(loss[0])) {
+    const T s = mul_rn(lr_eff, decay_eff != (T)0 ? add_rn(mul_rn(decay_eff, w), g) : g);
+    v = add_rn(mul_rn(momentum, v), s);
+    w = sub_rn(w, v);
+}
+"""
+_GPU_PREAMBLE = """
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+"""
+
+
+# The step as a cupy.ElementwiseKernel: (in_params, out_params, operation, preamble).
+GPU_STEP_KERNEL = ("T g, T lr_eff, T decay_eff, T momentum, raw L loss", "T w, T v", _GPU_STEP, _GPU_PREAMBLE)
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_step_kernel():
+    from minidet.backend import require_cupy
+
+    in_params, out_params, operation, preamble = GPU_STEP_KERNEL
+    return require_cupy().ElementwiseKernel(in_params, out_params, operation, "minidet_sgd_step", preamble=preamble)
 
 
 def default_multipliers(name):
@@ -53,6 +94,7 @@ class SGD:
             self.decay_mult[name] = float((decay_mult or {}).get(name, default_decay))
         self.velocity = {name: get_array_module(w).zeros_like(w) for name, w in params.items()}
         self.iteration = 0
+        self._scratch_arrays = {}
 
     def lr_at(self, iteration):
         """The base learning rate used by the update of `iteration` (0-based)."""
@@ -69,24 +111,58 @@ class SGD:
         """The learning rate the next step will use."""
         return self.lr_at(self.iteration)
 
-    def step(self, grads):
+    def step(self, grads, loss=None):
         """One update of every parameter from grads {name: array} (the same names as params).
 
         A parameter without a gradient in `grads` is a programming error, not a frozen layer
-        (frozen layers are left out of params), so it raises KeyError.
+        (frozen layers are left out of params), so it raises KeyError. With `loss` (a 0-d array
+        on the parameters' device, or a number), nothing changes when it is NaN or infinite.
         """
         lr = self.lr
+        if loss is not None and not any(is_gpu_array(w) for w in self.params.values()):
+            if not np.isfinite(float(loss)):
+                self.iteration += 1
+                return
+            loss = None
         for name, w in self.params.items():
             g = grads[name]
             if g.shape != w.shape:
                 raise ValueError(f"gradient of {name} has shape {g.shape}, parameter {w.shape}")
             v = self.velocity[name]
             decay = self.weight_decay * self.decay_mult[name]
-            # v = momentum * v + lr_eff * (g + decay_eff * w), computed in place in w's dtype
+            lr_eff = lr * self.lr_mult[name]
+            if is_gpu_array(w):
+                scalar = w.dtype.type
+                guard = self._no_loss(w) if loss is None else loss
+                _gpu_step_kernel()(g, scalar(lr_eff), scalar(decay), scalar(self.momentum), guard, w, v)
+                continue
+            # v = momentum * v + lr_eff * (g + decay_eff * w), in place in w's dtype
+            s = self._scratch(w)
+            if decay:
+                np.multiply(w, decay, out=s)
+                s += g
+                s *= lr_eff
+            else:                                   # no decay term at all, as for biases
+                np.multiply(g, lr_eff, out=s)
             v *= self.momentum
-            v += (lr * self.lr_mult[name]) * (g + decay * w if decay else g)
+            v += s
             w -= v
         self.iteration += 1
+
+    def _scratch(self, w):
+        """A w-shaped view of the kept scratch array (grown to the largest parameter, per dtype)."""
+        flat = self._scratch_arrays.get(w.dtype)
+        if flat is None or flat.size < w.size:
+            flat = np.empty(max(x.size for x in self.params.values()), dtype=w.dtype)
+            self._scratch_arrays[w.dtype] = flat
+        return flat[:w.size].reshape(w.shape)
+
+    def _no_loss(self, w):
+        """A finite 0-d array on w's device, the guard of a step given no loss."""
+        key = ("gpu", w.dtype)
+        if key not in self._scratch_arrays:
+            self._scratch_arrays[key] = get_array_module(w).zeros((), dtype=w.dtype)
+        return self._scratch_arrays[key]
 
     def state_dict(self):
         """{'iteration': int, 'velocity.NAME': numpy array, ...}: all that resuming needs."""

@@ -98,3 +98,51 @@ def test_gradient_of_wrong_shape_raises():
     opt = SGD(make_params())
     with pytest.raises(ValueError):
         opt.step({"fc.weight": np.ones(3), "fc.bias": np.ones(1)})
+
+
+def test_in_place_step_rounds_as_the_formula_written_with_temporaries():
+    rng = np.random.default_rng(3)
+    params = {"conv.weight": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+              "fc.weight": rng.standard_normal((7, 5)).astype(np.float32),
+              "fc.bias": rng.standard_normal(7).astype(np.float32)}
+    expected = {k: v.copy() for k, v in params.items()}
+    velocity = {k: np.zeros_like(v) for k, v in params.items()}
+    opt = SGD(params, lr=0.01, momentum=0.9, weight_decay=0.0005)
+    for _ in range(3):
+        grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+        opt.step(grads)
+        for name, w in expected.items():
+            lr_mult, decay_mult = (2.0, 0.0) if name.endswith(".bias") else (1.0, 1.0)
+            velocity[name] = velocity[name] * 0.9 + (0.01 * lr_mult) * (grads[name] + 0.0005 * decay_mult * w)
+            w -= velocity[name]
+        for name in params:
+            assert params[name].dtype == np.float32
+            np.testing.assert_array_equal(params[name], expected[name])
+            np.testing.assert_array_equal(opt.velocity[name], velocity[name])
+
+
+def test_steps_reuse_one_scratch_array_as_large_as_the_largest_parameter():
+    params = {"a.weight": np.ones((10, 10)), "b.weight": np.ones(3), "b.bias": np.ones(3)}
+    opt = SGD(params, lr=0.1)
+    grads = {k: np.ones_like(v) for k, v in params.items()}
+    opt.step(grads)
+    scratch = dict(opt._scratch_arrays)
+    opt.step(grads)
+    (dtype, flat), = scratch.items()
+    assert dtype == np.float64 and flat.size == 100
+    assert opt._scratch_arrays[dtype] is flat
+
+
+@pytest.mark.parametrize("loss", [np.nan, np.inf, -np.inf])
+def test_a_step_given_a_nonfinite_loss_changes_nothing(loss):
+    params = make_params()
+    opt = SGD(params, lr=0.1, momentum=0.9)
+    opt.step({"fc.weight": np.ones(2), "fc.bias": np.ones(1)})
+    before = {k: v.copy() for k, v in params.items()}
+    velocity = {k: v.copy() for k, v in opt.velocity.items()}
+    opt.step({"fc.weight": np.ones(2), "fc.bias": np.ones(1)}, loss=np.float32(loss))
+    for name in params:
+        np.testing.assert_array_equal(params[name], before[name])
+        np.testing.assert_array_equal(opt.velocity[name], velocity[name])
+    opt.step({"fc.weight": np.ones(2), "fc.bias": np.ones(1)}, loss=np.float32(2.0))
+    assert not np.array_equal(params["fc.weight"], before["fc.weight"])

@@ -79,12 +79,7 @@ def im2col(x, kernel_size, stride=1, padding=0, out=None):
     if xp is np:
         _cpu.im2col(x, *geometry, out, out.size >= PARALLEL_MIN_SIZE)
     else:
-        n, c, h, w = x.shape
-        kh, kw, sh, sw, ph, pw = geometry
-        i32 = np.int32
-        launch(kernel("im2col.cu", "im2col", scalar_name(x.dtype)), out.size,
-               (x, i32(n), i32(c), i32(h), i32(w), i32(kh), i32(kw), i32(sh), i32(sw), i32(ph), i32(pw),
-                i32(oh), i32(ow), np.int64(out.size), out))
+        _im2col_gpu(x, geometry, (oh, ow), out)
     return out
 
 
@@ -107,13 +102,37 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out=None):
     if xp is np:
         _cpu.col2im(cols, *geometry, out, cols.size >= PARALLEL_MIN_SIZE)
     else:
-        n, c, h, w = x_shape
-        kh, kw, sh, sw, ph, pw = geometry
-        i32 = np.int32
-        launch(kernel("im2col.cu", "col2im", scalar_name(cols.dtype)), out.size,
-               (cols, i32(n), i32(c), i32(h), i32(w), i32(kh), i32(kw), i32(sh), i32(sw), i32(ph), i32(pw),
-                i32(oh), i32(ow), np.int64(out.size), out))
+        _col2im_gpu(cols, tuple(x_shape), geometry, (oh, ow), out)
     return out
+
+
+# --- GPU: the RawKernels of minidet/ops/cuda/im2col.cu, whose index arithmetic is 32-bit -------
+
+INT32_MAX = 2**31 - 1
+
+
+def _gpu_sizes(x_shape, geometry, output_hw):
+    """The kernels' int arguments, once their thread counts (which bound every 32-bit index) fit."""
+    n, c, h, w = (int(v) for v in x_shape)
+    (oh, ow) = output_hw
+    if max(c * n * oh * ow, n * c * h * w) > INT32_MAX:
+        raise ValueError(f"im2col on the GPU indexes with 32-bit integers: input {tuple(x_shape)} with "
+                         f"{oh}x{ow} windows is too large; split the batch")
+    i32 = np.int32
+    return tuple(i32(v) for v in (n, c, h, w, *geometry, oh, ow))
+
+
+def _im2col_gpu(x, geometry, output_hw, out):
+    n, c = x.shape[:2]
+    threads = c * n * output_hw[0] * output_hw[1]                 # one per (c, n, oh, ow)
+    launch(kernel("im2col.cu", "im2col", scalar_name(x.dtype)), threads,
+           (x, *_gpu_sizes(x.shape, geometry, output_hw), np.int32(threads), out))
+
+
+def _col2im_gpu(cols, x_shape, geometry, output_hw, out):
+    threads = int(np.prod(x_shape))                               # one per input pixel
+    launch(kernel("im2col.cu", "col2im", scalar_name(cols.dtype)), threads,
+           (cols, *_gpu_sizes(x_shape, geometry, output_hw), np.int32(threads), out))
 
 
 def im2col_reference(x, kernel_size, stride=1, padding=0):

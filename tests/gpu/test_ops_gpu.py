@@ -1,9 +1,13 @@
 """The GPU kernels and array functions against their CPU versions on the same inputs.
 
-im2col, RoI pooling (forward, argmax) and NMS (keep indices) compute the same numbers in the
-same way on both devices and must be identical; gradients that the GPU sums in another order
-(col2im, RoI pooling's atomic adds) are identical for integer inputs, whose sums are exact in
-any order, and agree to rounding otherwise. Boxes, losses and the SGD step are elementwise and
+im2col, col2im (which adds each pixel's taps in the CPU's order), RoI pooling (forward, argmax)
+and NMS (keep indices) compute the same numbers in the same way on both devices and must be
+identical; RoI pooling's atomic adds sum in no fixed order, so its backward is identical for
+integer inputs, whose sums are exact in any order, and agrees to rounding otherwise.
+
+Float32 kernels run as CuPy compiles them, with -ftz=true: arithmetic and comparisons take
+subnormal inputs (below 1.18e-38) as zero and flush subnormal results, so for them the GPU
+agrees with the CPU run on the input with its subnormals flushed (tests marked "subnormal"). Boxes, losses and the SGD step are elementwise and
 reductions: float32 to 1e-5 of the magnitude (1e-6 for the SGD step), float64 to 1e-12.
 """
 import numpy as np
@@ -72,9 +76,59 @@ def test_col2im_gpu_adds_back_what_the_cpu_adds_back(cp, kernel, stride, padding
     whole = rng.integers(-50, 51, shape).astype(dtype)          # exact sums in any order
     assert_identical(col2im(cp.asarray(whole), x_shape, kernel, stride, padding),
                      col2im(whole, x_shape, kernel, stride, padding))
-    real = rng.standard_normal(shape).astype(dtype)
-    assert_matches(col2im(cp.asarray(real), x_shape, kernel, stride, padding),
-                   col2im(real, x_shape, kernel, stride, padding))
+    real = rng.standard_normal(shape).astype(dtype)                 # the same order of additions
+    assert_identical(col2im(cp.asarray(real), x_shape, kernel, stride, padding),
+                     col2im(real, x_shape, kernel, stride, padding))
+
+
+def test_im2col_and_col2im_gpu_cover_many_blocks_and_a_wide_stride(cp):
+    # 64 channels of two 37x41 images: thousands of blocks; a 3x3 window at stride 2 and one at stride 4
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 64, 37, 41)).astype(np.float32)
+    for kernel, stride, padding in ((3, 2, 1), (5, 4, 0)):
+        cols = im2col(x, kernel, stride, padding)
+        assert_identical(im2col(cp.asarray(x), kernel, stride, padding), cols)
+        dcols = rng.standard_normal(cols.shape).astype(np.float32)
+        assert_identical(col2im(cp.asarray(dcols), x.shape, kernel, stride, padding),
+                         col2im(dcols, x.shape, kernel, stride, padding))
+
+
+def test_im2col_gpu_refuses_sizes_beyond_32_bit_indices(cp):
+    from minidet.ops.im2col import _gpu_sizes
+
+    assert _gpu_sizes((2, 512, 600, 1000), (3, 3, 1, 1, 1, 1), (600, 1000))[0] == 2
+    with pytest.raises(ValueError, match="32-bit"):
+        _gpu_sizes((4, 1024, 1024, 1024), (3, 3, 1, 1, 1, 1), (1024, 1024))
+
+
+# ---- subnormal inputs: float32 kernels flush them (CuPy's -ftz=true) ----------------------------
+
+def flush_subnormals(a):
+    """a with every subnormal float32 replaced by a zero of its sign, as -ftz=true reads it."""
+    a = np.array(a)
+    if a.dtype == np.float32:
+        a[(a != 0) & (np.abs(a) < np.finfo(np.float32).tiny)] *= 0
+    return a
+
+
+def subnormal_mixture(rng, shape, dtype):
+    """Small integers times the smallest normal / 8: zeros, subnormals and, in float64, no flushing."""
+    return (rng.integers(-3, 4, shape) * (np.finfo(np.float32).tiny / 8)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_subnormal_col2im_gpu_sums_as_the_cpu_sums_flushed_inputs(cp, dtype):
+    rng = np.random.default_rng(5)
+    x_shape = (2, 3, 9, 11)
+    shape = im2col(np.zeros(x_shape, dtype), 3, 1, 1).shape
+    x = subnormal_mixture(rng, x_shape, dtype)
+    assert_identical(im2col(cp.asarray(x), 3, 1, 1), im2col(x, 3, 1, 1))       # a copy keeps subnormals
+    dcols = subnormal_mixture(rng, shape, dtype)
+    dx_gpu = col2im(cp.asarray(dcols), x_shape, 3, 1, 1)
+    expected = flush_subnormals(col2im(flush_subnormals(dcols), x_shape, 3, 1, 1))
+    assert_identical(dx_gpu, expected)
+    if dtype == np.float32:
+        assert not np.array_equal(expected, col2im(dcols, x_shape, 3, 1, 1))   # the inputs meant something
 
 
 # ---- RoI pooling -------------------------------------------------------------------------------
@@ -407,12 +461,11 @@ def test_sgd_steps_on_gpu_match_cpu_in_place(cp, dtype):
     for g in grads[:3]:
         cpu.step(g)
         gpu_sgd.step({k: cp.asarray(v) for k, v in g.items()})
-    rtol = 1e-6 if dtype == np.float32 else 1e-14
-    for name in params:
+    for name in params:                                            # the same roundings: bit for bit
         assert params_gpu[name] is arrays_gpu[name]                # updated in place: the model sees it
         assert is_gpu_array(gpu_sgd.velocity[name])
-        assert_matches(params_gpu[name], params[name], rtol=rtol)
-        assert_matches(gpu_sgd.velocity[name], cpu.velocity[name], rtol=rtol)
+        assert_identical(params_gpu[name], params[name])
+        assert_identical(gpu_sgd.velocity[name], cpu.velocity[name])
     # a saved optimiser (numpy) loads onto GPU parameters and continues as the CPU one does
     resumed = SGD(params_gpu, **settings)
     resumed.load_state_dict(cpu.state_dict())
@@ -420,4 +473,87 @@ def test_sgd_steps_on_gpu_match_cpu_in_place(cp, dtype):
     cpu.step(grads[3])
     resumed.step({k: cp.asarray(v) for k, v in grads[3].items()})
     for name in params:
-        assert_matches(params_gpu[name], params[name], rtol=rtol)
+        assert_identical(params_gpu[name], params[name])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_step_on_gpu_given_a_nonfinite_loss_changes_nothing_and_reads_nothing_back(cp, monkeypatch, dtype):
+    from tests.gpu.test_train_gpu import HostTransfers
+
+    rng = np.random.default_rng(1)
+    params = {"fc.weight": cp.asarray(rng.standard_normal((6, 5)).astype(dtype)),
+              "fc.bias": cp.asarray(rng.standard_normal(6).astype(dtype))}
+    grads = {k: cp.asarray(rng.standard_normal(v.shape).astype(dtype)) for k, v in params.items()}
+    sgd = SGD(params, lr=0.1, momentum=0.9)
+    sgd.step(grads)
+    before = {k: asnumpy(v) for k, v in params.items()}
+    velocity = {k: asnumpy(v) for k, v in sgd.velocity.items()}
+    transfers = HostTransfers(cp, monkeypatch)
+    for bad in (np.nan, np.inf):
+        sgd.step(grads, loss=cp.asarray(dtype(bad)))
+    sgd.step(grads, loss=cp.asarray(dtype(1.5)))                   # a finite loss: the step happens
+    monkeypatch.undo()
+    assert transfers.events == []
+    cpu = SGD(before, lr=0.1, momentum=0.9)
+    cpu.velocity = velocity
+    cpu.step({k: asnumpy(v) for k, v in grads.items()}, loss=np.nan)
+    assert all(np.array_equal(before[k], cpu.params[k]) for k in before)     # the CPU skips alike
+    cpu.step({k: asnumpy(v) for k, v in grads.items()}, loss=1.5)
+    for name in params:
+        assert_identical(params[name], cpu.params[name])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_subnormal_max_pool_gpu_picks_the_maximum_of_the_flushed_input(cp, dtype):
+    # A float32 comparison sees a subnormal as zero: the argmax is the CPU's on the flushed input,
+    # and the value is the input at that argmax (a copy, which keeps its bits).
+    from minidet.ops.maxpool import max_pool_backward, max_pool_forward
+
+    rng = np.random.default_rng(6)
+    x = subnormal_mixture(rng, (2, 3, 9, 13), dtype)
+    y_gpu, argmax_gpu = max_pool_forward(cp.asarray(x), 3, 2, 1, ceil_mode=True)
+    _, argmax = max_pool_forward(flush_subnormals(x), 3, 2, 1, ceil_mode=True)
+    assert_identical(argmax_gpu, argmax)
+    picked = np.take_along_axis(x.reshape(2, 3, -1), argmax.reshape(2, 3, -1), axis=2).reshape(argmax.shape)
+    assert_identical(y_gpu, picked)
+    dy = subnormal_mixture(rng, argmax.shape, dtype)
+    assert_identical(max_pool_backward(cp.asarray(dy), argmax_gpu, x.shape, 3, 2, 1),
+                     flush_subnormals(max_pool_backward(flush_subnormals(dy), argmax, x.shape, 3, 2, 1)))
+    if dtype == np.float32:
+        assert not np.array_equal(argmax, max_pool_forward(x, 3, 2, 1, ceil_mode=True)[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_subnormal_roi_pool_gpu_flushes_as_cuda_does(cp, dtype):
+    # The forward compares as max pooling does; the backward's float atomicAdd flushes subnormal
+    # operands and results whatever -ftz says (PTX atom.add.f32), so subnormal gradients vanish.
+    from minidet.ops.roi_pool import roi_pool, roi_pool_backward
+
+    rng = np.random.default_rng(7)
+    _, rois = roi_pool_inputs(rng, dtype, num_random=20)
+    x = subnormal_mixture(rng, (2, 4, 36, 40), dtype)
+    y_gpu, argmax_gpu = roi_pool(cp.asarray(x), cp.asarray(rois))
+    _, argmax = roi_pool(flush_subnormals(x), rois)
+    assert_identical(argmax_gpu, argmax)
+    batch = rois[:, 0].astype(np.int64)
+    flat = x.reshape(2, 4, -1)[batch[:, None], np.arange(4)[None, :]]            # (R, C, H*W)
+    picked = np.take_along_axis(flat, np.maximum(argmax, 0).reshape(len(rois), 4, -1), axis=2)
+    assert_identical(y_gpu, np.where(argmax >= 0, picked.reshape(argmax.shape), 0).astype(dtype))
+    dy = subnormal_mixture(rng, argmax.shape, dtype)
+    dx_gpu = roi_pool_backward(cp.asarray(dy), argmax_gpu, x.shape, cp.asarray(rois))
+    assert_identical(dx_gpu, roi_pool_backward(flush_subnormals(dy), argmax, x.shape, rois))
+    if dtype == np.float64:
+        assert asnumpy(dx_gpu).any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nms_gpu_treats_boxes_with_nan_coordinates_as_the_cpu_does(cp, dtype):
+    # CUDA's fminf/fmaxf drop a NaN that a comparison keeps; nms.cu compares as the CPU does.
+    from minidet.ops.nms import nms
+
+    rng = np.random.default_rng(8)
+    boxes = random_boxes(rng, 300, clusters=10).astype(dtype)
+    boxes[rng.random(boxes.shape) < 0.05] = np.nan
+    scores = rng.permutation(300).astype(dtype)
+    for threshold in (0.3, 0.7):
+        assert_identical(nms(cp.asarray(boxes), cp.asarray(scores), threshold), nms(boxes, scores, threshold))

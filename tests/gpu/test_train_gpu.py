@@ -169,7 +169,8 @@ def test_gpu_training_keeps_weights_gradients_and_velocities_on_the_device(cp):
 class HostTransfers:
     """Records every copy between host and device made through CuPy's Python surface while active:
     device -> host (ndarray.get, float(), int(), bool(), .item(), .tolist(), cupy.asnumpy) and
-    host -> device (cupy.asarray / array / ascontiguousarray of a numpy array or a list).
+    host -> device (cupy.asarray / array / ascontiguousarray of a numpy array or a list, and
+    ndarray.set, "pinned" when its source is pinned memory and a stream is given).
     Each event is (kind, "file:line" of the innermost minidet frame that asked for it)."""
 
     DEVICE_TO_HOST = ("get", "item", "tolist", "__float__", "__int__", "__index__", "__bool__", "__complex__")
@@ -187,6 +188,14 @@ class HostTransfers:
         for name in self.HOST_TO_DEVICE:
             monkeypatch.setattr(cp, name, self._wrap(getattr(cp, name), "host->device " + name,
                                                      lambda a, *_, **__: isinstance(a, (np.ndarray, list, tuple))))
+        original_set = cp.ndarray.set
+
+        def set_(array, source, stream=None):
+            pinned = stream is not None and is_pinned(cp, source)
+            self.events.append(("host->device set " + ("pinned" if pinned else "pageable"), self._caller()))
+            return original_set(array, source, stream=stream)
+
+        monkeypatch.setattr(cp.ndarray, "set", set_)
 
     def _wrap(self, original, kind, counts):
         def wrapper(*args, **kwargs):
@@ -201,6 +210,57 @@ class HostTransfers:
             if os.sep + "minidet" + os.sep in frame.filename and os.sep + "tests" + os.sep not in frame.filename:
                 return f"{os.path.relpath(frame.filename)}:{frame.lineno}"
         return "outside minidet"
+
+
+def is_pinned(cp, array):
+    """Whether a numpy array views memory from cupy.cuda.alloc_pinned_memory."""
+    base = array
+    while base is not None:
+        if isinstance(base, cp.cuda.PinnedMemoryPointer):
+            return True
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
+    return False
+
+
+def test_a_training_loop_on_staged_batches_reads_the_device_once_per_iteration(cp, monkeypatch):
+    # The loop of minidet.train as it should run: batches staged through pinned memory, the step
+    # guarded by the loss on the device, the loss and its parts read once, after the step.
+    from minidet.device_batch import BATCH_KEYS, DeviceBatches, host_values
+
+    batches = [dict(zip(BATCH_KEYS, random_batch(np.random.default_rng(10 + k)))) for k in range(4)]
+
+    def run(device):
+        model = small_model(np.float32, dropout=0.0, trainable_from="conv3_1")
+        if device == "gpu":
+            model.to("gpu")
+        sgd = SGD(model.trainable_params(), lr=0.002, momentum=0.9)
+        stage = DeviceBatches(device)
+
+        def iteration(batch):
+            arrays = stage(batch)
+            cls_score, bbox_pred = model.forward(arrays["images"], arrays["rois"], train=True)
+            loss, dcls, dbbox, parts = fast_rcnn_loss(cls_score, bbox_pred, arrays["labels"],
+                                                      arrays["bbox_targets"], arrays["bbox_weights"], details=True)
+            model.backward(dcls, dbbox)
+            sgd.step(model.grads(), loss=loss)
+            return host_values(loss=loss, **parts)
+
+        logged = [iteration(batches[0])]          # compiles the kernels, makes the kept buffers
+        transfers = HostTransfers(cp, monkeypatch) if device == "gpu" else None
+        logged += [iteration(batch) for batch in batches[1:]]
+        monkeypatch.undo()
+        return logged, transfers
+
+    logged_cpu, _ = run("cpu")
+    logged_gpu, transfers = run("gpu")
+    reads = [event for event in transfers.events if event[0].startswith("device->host")]
+    writes = [event for event in transfers.events if event[0].startswith("host->device")]
+    assert len(reads) == 3 and all("device_batch.py" in where for _, where in reads), transfers.events
+    assert [kind for kind, _ in writes] == ["host->device set pinned"] * (3 * len(BATCH_KEYS)), transfers.events
+    for cpu_values, gpu_values in zip(logged_cpu, logged_gpu):
+        assert sorted(gpu_values) == ["accuracy", "loss", "loss_bbox", "loss_cls"]
+        for name in cpu_values:
+            np.testing.assert_allclose(gpu_values[name], cpu_values[name], rtol=float32_rtol(), err_msg=name)
 
 
 def test_a_gpu_training_iteration_makes_no_host_round_trip(cp, monkeypatch):
@@ -248,3 +308,21 @@ def test_train_loop_with_device_gpu_logs_the_cpu_losses(cp, tiny_voc, tmp_path):
             np.testing.assert_allclose(gpu_record[key], cpu_record[key], rtol=float32_rtol(), err_msg=key)
     for name, value in finals["cpu"].items():
         assert_close_to_magnitude(finals["gpu"][name], value, float32_state_rtol(), name)
+
+
+def test_staged_batches_arrive_whole_while_their_sizes_change_and_reuse_pinned_buffers(cp, monkeypatch):
+    from minidet.device_batch import DeviceBatches
+
+    allocations = []
+    original = cp.cuda.alloc_pinned_memory
+    monkeypatch.setattr(cp.cuda, "alloc_pinned_memory", lambda size: (allocations.append(size), original(size))[1])
+    stage = DeviceBatches("gpu", keys=("images", "labels"))
+    rng = np.random.default_rng(4)
+    for rois in (48, 48, 48, 48, 64, 30):
+        batch = {"images": rng.standard_normal((2, 3, 40, 56)).astype(np.float32),
+                 "labels": rng.integers(0, 5, rois)}
+        staged = stage(batch)
+        for name, value in batch.items():
+            assert is_gpu_array(staged[name]) and staged[name].dtype == value.dtype
+            np.testing.assert_array_equal(asnumpy(staged[name]), value)
+    assert allocations == [53760, 384, 53760, 384, 768]    # two per name, then one grown for 64 labels

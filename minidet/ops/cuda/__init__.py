@@ -17,18 +17,23 @@ def source(filename):
         return f.read()
 
 
-@functools.lru_cache(maxsize=None)
-def kernel(filename, name, dtype_name=None):
-    """The kernel `name` of `filename`, compiled once.
+def compile_options(dtype_name=None):
+    """The NVRTC options minidet gives CuPy for a kernel (CuPy adds its own: see tests/test_cuda_sources.py).
 
-    With dtype_name ("float" or "double") the source is compiled with
-    `-Dscalar_t=<type>` so that one source serves both precisions.
+    With dtype_name ("float" or "double") the source is compiled with `-Dscalar_t=<type>` so that
+    one source serves both precisions.
     """
-    cp = require_cupy()
     options = ("-std=c++14",)
     if dtype_name is not None:
         options += (f"-Dscalar_t={dtype_name}",)
-    return cp.RawKernel(source(filename), name, options=options)
+    return options
+
+
+@functools.lru_cache(maxsize=None)
+def kernel(filename, name, dtype_name=None):
+    """The kernel `name` of `filename`, compiled once with `compile_options(dtype_name)`."""
+    cp = require_cupy()
+    return cp.RawKernel(source(filename), name, options=compile_options(dtype_name))
 
 
 def scalar_name(dtype):

@@ -1,66 +1,79 @@
-// im2col and col2im on the GPU, the same maps as minidet/_ext/im2col.pyx:
+// im2col and col2im on the GPU, the maps of minidet/ops/im2col.py:
 //
 //   cols[(c*kh + i)*kw + j, (n*OH + oh)*OW + ow] = xpad[n, c, oh*sh + i, ow*sw + j]
 //
 // with xpad the input zero-padded by ph rows and pw columns (never materialised).
 // Compiled with -Dscalar_t=float or -Dscalar_t=double.
+//
+// The layout is Caffe's: im2col runs one thread per (c, n, oh, ow) that copies the kh*kw taps of
+// its window down one column of cols (consecutive threads write consecutive addresses, tap after
+// tap); col2im runs one thread per input pixel that computes the range of windows covering it and
+// gathers their taps, with no division inside its loops. Indices are 32-bit: the host checks that
+// the thread counts and the planes fit (minidet/ops/im2col.py); offsets into cols and x, which may
+// not, are taken in 64 bits once per thread and then advanced by pointer steps.
 
-// One thread per element of cols (C*kh*kw, N*OH*OW); `total` is its size.
+// One thread per (c, n, oh, ow): `threads` = C * N * OH * OW.
 extern "C" __global__ void im2col(const scalar_t* __restrict__ x,
                                   int N, int C, int H, int W,
                                   int kh, int kw, int sh, int sw, int ph, int pw,
-                                  int OH, int OW, long long total,
+                                  int OH, int OW, int threads,
                                   scalar_t* __restrict__ cols) {
-    long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (index >= total) return;
-    const long long columns = (long long)N * OH * OW;
-    const long long r = index / columns;          // row (c, i, j)
-    long long col = index % columns;              // column (n, oh, ow)
-    const int ow = (int)(col % OW);
-    col /= OW;
-    const int oh = (int)(col % OH);
-    const int n = (int)(col / OH);
-    const int j = (int)(r % kw);
-    const int i = (int)((r / kw) % kh);
-    const int c = (int)(r / ((long long)kh * kw));
-    const int ih = oh * sh - ph + i;
-    const int iw = ow * sw - pw + j;
-    scalar_t value = 0;
-    if (ih >= 0 && ih < H && iw >= 0 && iw < W) {
-        value = x[(((long long)n * C + c) * H + ih) * W + iw];
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= threads) return;
+    const int columns = N * OH * OW;
+    const int column = t % columns;               // (n, oh, ow)
+    const int c = t / columns;
+    const int ow = column % OW;
+    const int oh = (column / OW) % OH;
+    const int n = column / (OW * OH);
+    const int h0 = oh * sh - ph;
+    const int w0 = ow * sw - pw;
+    const scalar_t* plane = x + ((long long)n * C + c) * H * W;
+    scalar_t* out = cols + (long long)c * kh * kw * columns + column;
+    for (int i = 0; i < kh; ++i) {
+        const int h = h0 + i;
+        const bool row_inside = h >= 0 && h < H;
+        for (int j = 0; j < kw; ++j) {
+            const int w = w0 + j;
+            *out = (row_inside && w >= 0 && w < W) ? plane[h * W + w] : (scalar_t)0;
+            out += columns;                       // the next tap's row of cols
+        }
     }
-    cols[index] = value;
 }
 
-// One thread per element of dx (N, C, H, W); `total` is its size. Each input pixel
-// gathers the cols entries copied from it (no atomics, so the sum is deterministic):
-// tap (i, j) of output (oh, ow) read it when oh*sh - ph + i = ih and ow*sw - pw + j = iw.
+// One thread per input pixel (n, c, ih, iw): `threads` = N * C * H * W. The pixel sits at tap
+// (i, j) = (ih + ph - oh*sh, iw + pw - ow*sw) of each window (oh, ow) with 0 <= i < kh and
+// 0 <= j < kw. Its taps are added in increasing (i, j), the order of the CPU's col2im
+// (minidet/_ext/im2col.pyx), so that both devices round every sum alike.
 extern "C" __global__ void col2im(const scalar_t* __restrict__ cols,
                                   int N, int C, int H, int W,
                                   int kh, int kw, int sh, int sw, int ph, int pw,
-                                  int OH, int OW, long long total,
+                                  int OH, int OW, int threads,
                                   scalar_t* __restrict__ dx) {
-    long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (index >= total) return;
-    const int iw = (int)(index % W);
-    const int ih = (int)((index / W) % H);
-    const int c = (int)((index / ((long long)W * H)) % C);
-    const int n = (int)(index / ((long long)W * H * C));
-    const long long columns = (long long)N * OH * OW;
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= threads) return;
+    const int hp = (t / W) % H + ph;              // the pixel's row and column in xpad
+    const int wp = t % W + pw;
+    const int c = (t / (W * H)) % C;
+    const int n = t / (W * H * C);
+    // Windows with oh*sh <= hp < oh*sh + kh: oh from ceil((hp - kh + 1) / sh) to floor(hp / sh).
+    const int oh_first = hp < kh ? 0 : (hp - kh) / sh + 1;
+    const int oh_last = min(hp / sh, OH - 1);
+    const int ow_first = wp < kw ? 0 : (wp - kw) / sw + 1;
+    const int ow_last = min(wp / sw, OW - 1);
+    const int columns = N * OH * OW;
+    // Tap (i, j) of window (oh, ow) is cols[(c*kh + i)*kw + j, (n*OH + oh)*OW + ow]: one window up
+    // (oh - 1) is sh taps on (i + sh, sh*kw rows of cols down) and OW columns back; likewise in ow.
+    const long long oh_step = (long long)sh * kw * columns - OW;
+    const long long ow_step = (long long)sw * columns - 1;
+    const scalar_t* row = cols + ((long long)c * kh * kw + (long long)(hp - oh_last * sh) * kw) * columns
+                          + n * OH * OW + oh_last * OW;
     scalar_t sum = 0;
-    for (int i = 0; i < kh; ++i) {
-        const int oh_sh = ih + ph - i;            // = oh * sh
-        if (oh_sh < 0 || oh_sh % sh != 0) continue;
-        const int oh = oh_sh / sh;
-        if (oh >= OH) continue;
-        for (int j = 0; j < kw; ++j) {
-            const int ow_sw = iw + pw - j;        // = ow * sw
-            if (ow_sw < 0 || ow_sw % sw != 0) continue;
-            const int ow = ow_sw / sw;
-            if (ow >= OW) continue;
-            const long long r = ((long long)c * kh + i) * kw + j;
-            sum += cols[r * columns + ((long long)n * OH + oh) * OW + ow];
+    for (int oh = oh_last; oh >= oh_first; --oh, row += oh_step) {       // i = hp - oh*sh increasing
+        const scalar_t* tap = row + (long long)(wp - ow_last * sw) * columns + ow_last;
+        for (int ow = ow_last; ow >= ow_first; --ow, tap += ow_step) {   // j = wp - ow*sw increasing
+            sum += *tap;
         }
     }
-    dx[index] = sum;
+    dx[t] = sum;
 }

@@ -8,16 +8,21 @@
 //
 // For boxes that overlap, the IoU is the CPU's (minidet/_ext/nms.pyx) operation for operation, and
 // the products go through the _rn intrinsics so that no fused multiply-add changes a rounding: both
-// devices decide a borderline pair alike. Boxes that do not overlap have IoU 0 on both.
+// devices decide a borderline pair alike. Boxes that do not overlap have IoU 0 on both. The edges
+// are chosen by comparisons written as Cython writes min(a, b) and max(a, b), not by CUDA's
+// min/max (fminf/fmaxf), which would return the other operand where a coordinate is NaN.
 
 #define NMS_TILE 64
 
 __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
+__device__ __forceinline__ scalar_t lesser(scalar_t a, scalar_t b) { return b < a ? b : a; }
+__device__ __forceinline__ scalar_t greater(scalar_t a, scalar_t b) { return b > a ? b : a; }
+
 __device__ __forceinline__ scalar_t box_iou(const scalar_t* a, const scalar_t* b) {
-    const scalar_t w = min(a[2], b[2]) - max(a[0], b[0]) + 1;
-    const scalar_t h = min(a[3], b[3]) - max(a[1], b[1]) + 1;
+    const scalar_t w = lesser(a[2], b[2]) - greater(a[0], b[0]) + 1;
+    const scalar_t h = lesser(a[3], b[3]) - greater(a[1], b[1]) + 1;
     if (w <= 0 || h <= 0) return 0;
     const scalar_t inter = mul_rn(w, h);
     const scalar_t area_a = mul_rn(a[2] - a[0] + 1, a[3] - a[1] + 1);

@@ -7,9 +7,14 @@ As in CuPy:
 - numpy cannot read a cupy array implicitly (np.asarray raises); its values reach the host only
   through the copies named in ndarray's "copies to the host" section and cupy.asnumpy;
 - host data reaches the device through cupy.asarray, array and ascontiguousarray, or as indices;
-- a reduction returns a 0-d cupy array, never a numpy scalar.
+- a reduction returns a 0-d cupy array, never a numpy scalar;
+- new memory (ndarray(shape), empty, empty_like) holds garbage, as CuPy's memory pool hands back
+  what an earlier array left: here floats are NaN and every other type is all-ones bytes (0xFF),
+  so a kernel or an op that leaves part of a new array unwritten gives itself away.
 """
 import numpy
+
+copies = []     # what each ndarray.set() was: "async" (pinned source, a stream) or "pageable"
 
 _UNARY = ("neg", "pos", "abs", "invert")
 _BINARY = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift", "rshift")
@@ -20,7 +25,7 @@ class ndarray:
     """A device array of the given shape and dtype (uninitialised), as cupy.ndarray(shape, dtype)."""
 
     def __init__(self, shape, dtype=float, order="C"):
-        self._array = numpy.empty(shape, dtype, order=order)
+        self._array = poisoned(numpy.empty(shape, dtype, order=order))
 
     # ---- copies to the host: the only ways host code reads the values (a test may intercept them)
 
@@ -29,6 +34,20 @@ class ndarray:
 
     def item(self):
         return self._array.item()
+
+    # ---- a copy from the host: asynchronous when the source is pinned and a stream is given (CuPy's rule)
+
+    def set(self, arr, stream=None):
+        """Copy the numpy array `arr` (same shape and dtype) into this array."""
+        from .cuda import is_pinned
+
+        if not isinstance(arr, numpy.ndarray):
+            raise TypeError(f"cupy stand-in: set() takes a numpy array, got {type(arr).__name__}")
+        if arr.shape != self._array.shape or arr.dtype != self._array.dtype:
+            raise ValueError(f"cupy stand-in: set() of a {arr.dtype} {arr.shape} array into a "
+                             f"{self._array.dtype} {self._array.shape} one")
+        copies.append("async" if is_pinned(arr) and stream is not None else "pageable")
+        self._array[...] = arr
 
     def tolist(self):
         return self._array.tolist()
@@ -159,6 +178,27 @@ def apply(function, args, kwargs):
         if isinstance(target, ndarray) and result is target._array:
             return target
     return on_device(result)
+
+
+def poisoned(array):
+    """array filled with what fresh device memory may hold: NaN for floats, 0xFF bytes otherwise."""
+    if array.dtype.kind in "fc":
+        array.fill(numpy.nan)
+    elif array.dtype.itemsize in (1, 2, 4, 8):
+        unsigned = array.view(f"u{array.dtype.itemsize}")   # same item size: a view of any layout
+        unsigned.fill(numpy.iinfo(unsigned.dtype).max)
+    return array
+
+
+def empty(shape, dtype=float, order="C"):
+    """A new device array whose values are garbage (see `poisoned`)."""
+    return on_device(poisoned(numpy.empty(shape, dtype, order=order)))
+
+
+def empty_like(a, dtype=None, order="K", shape=None):
+    """A new device array shaped as `a`, holding garbage."""
+    return on_device(poisoned(numpy.empty_like(a._array if isinstance(a, ndarray) else a, dtype=dtype,
+                                               order=order, shape=shape)))
 
 
 # ---- host <-> device copies ------------------------------------------------------------------------

@@ -9,6 +9,15 @@ launch the arguments are checked as CuPy would marshal them into the kernel's pa
 CuPy copies those bytes into the parameter without converting them: a double read as a float, or
 4 bytes read as 8, is garbage on the GPU, and 8 bytes read as 4 work only while the value is small.
 Here every mismatch is a TypeError.
+
+The build follows CuPy's: float kernels (those whose parameters and macros name no double) flush
+subnormals, as -ftz=true does on the GPU (host_cuda.h). CUPY_STANDIN_BUILD adds, comma-separated:
+- "fma": -ffp-contract=fast (and -mfma where the CPU has it), as NVRTC contracts a * b + c into
+  one fused multiply-add by default; a result that holds only without contraction fails there;
+- "shuffle": blocks and threads run in a new pseudo-random order at every launch (host_cuda.h),
+  from the launch count and CUPY_STANDIN_SHUFFLE_SEED (default 0): set it to try other orders;
+- "sanitize": -fsanitize=address,undefined, every error fatal; the Python process must have
+  libasan preloaded (LD_PRELOAD), which `sanitizer_environment()` gives.
 """
 import ctypes
 import hashlib
@@ -35,6 +44,48 @@ _C_TYPES = {  # C type of a parameter (or of a pointer's elements) -> its numpy 
     "double": (numpy.float64, ctypes.c_double),
 }
 _LIMITS = {"block threads": 1024, "grid x": 2**31 - 1, "grid y": 65535, "grid z": 65535}
+BUILDS = ("fma", "shuffle", "sanitize")
+
+
+def build_modes():
+    """The extra builds CUPY_STANDIN_BUILD asks for, as a sorted tuple (unknown names are an error)."""
+    modes = tuple(sorted(m.strip() for m in os.environ.get("CUPY_STANDIN_BUILD", "").split(",") if m.strip()))
+    unknown = [m for m in modes if m not in BUILDS]
+    if unknown:
+        raise ValueError(f"cupy stand-in: CUPY_STANDIN_BUILD names unknown builds {unknown}; known: {BUILDS}")
+    return modes
+
+
+def cpu_has_fma():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return re.search(r"^flags\s*:.*\bfma\b", f.read(), re.M) is not None
+    except OSError:
+        return False
+
+
+def sanitizer_environment(environ=None):
+    """A copy of `environ` (os.environ) in which a Python process can load the "sanitize" build:
+    libasan preloaded, and libstdc++ after it (else ASan cannot find the C++ runtime's __cxa_throw
+    when a later module, such as OpenCV, throws); leaks not reported (Python's own allocations are
+    never freed); every error fatal."""
+    env = dict(os.environ if environ is None else environ)
+    compiler = shutil.which("g++")
+    if compiler is None:
+        raise RuntimeError("cupy stand-in: g++ is needed for the sanitize build")
+    libraries = [subprocess.run([compiler, f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+                 for name in ("libasan.so", "libstdc++.so.6")]
+    if not all(os.path.isabs(path) for path in libraries):
+        raise RuntimeError("cupy stand-in: g++ has no libasan.so (install libasan for the sanitize build)")
+    env["LD_PRELOAD"] = " ".join(p for p in (*libraries, env.get("LD_PRELOAD")) if p)
+    env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=1:halt_on_error=1"
+    env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+    env["CUPY_STANDIN_BUILD"] = ",".join(sorted(set(build_modes_of(env)) | {"sanitize"}))
+    return env
+
+
+def build_modes_of(env):
+    return [m.strip() for m in env.get("CUPY_STANDIN_BUILD", "").split(",") if m.strip()]
 
 
 class Parameter:
@@ -92,31 +143,67 @@ def cache_dir():
 
 
 def launcher_source(name, parameters):
-    """C++ for `host_launch_<name>(grid, block, arguments...)`: the arguments packed for host_cuda::launch."""
+    """C++ for `host_launch_<name>(seed, grid, block, arguments...)`: the arguments packed for host_cuda::launch."""
     fields = "".join(f"{p.declaration}; " for p in parameters)
     names = ", ".join(p.name for p in parameters)
     unpacked = ", ".join(f"a.{p.name}" for p in parameters)
     arguments = "".join(f", {p.declaration}" for p in parameters)
-    return (f'extern "C" void host_launch_{name}(unsigned gx, unsigned gy, unsigned gz, '
+    return (f'extern "C" void host_launch_{name}(unsigned long long seed, unsigned gx, unsigned gy, unsigned gz, '
             f'unsigned bx, unsigned by, unsigned bz{arguments}) {{\n'
             f"    struct Arguments {{ {fields}}} arguments{{{names}}};\n"
             f"    host_cuda::launch({{gx, gy, gz}}, {{bx, by, bz}}, [](void* packed) {{\n"
             f"        Arguments& a = *static_cast<Arguments*>(packed);\n"
             f"        {name}({unpacked});\n"
-            f"    }}, &arguments);\n}}\n")
+            f"    }}, &arguments, seed);\n}}\n")
+
+
+def compiler_flags(code, options, modes, float_kernel):
+    """g++'s flags for `code`: CuPy's -D and -std options, then the stand-in's emulation and builds."""
+    flags = ["-O1", "-shared", "-fPIC", "-include", _HEADER,
+             *[o for o in options if o.startswith(("-D", "-std="))]]
+    if not any(o.startswith("-std=") for o in options):
+        flags.append("-std=c++17")                   # CuPy's default
+    if "fma" in modes:                               # GCC contracts from -O2 on
+        flags += ["-O2", "-ffp-contract=fast"] + (["-mfma"] if cpu_has_fma() else [])
+    else:
+        flags.append("-ffp-contract=off")
+    if "shuffle" in modes:
+        flags.append("-DHOST_CUDA_SHUFFLE")
+    if "sanitize" in modes:
+        flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+    if "__syncthreads" in code:
+        flags.append("-DHOST_CUDA_BARRIERS")
+    if float_kernel:
+        flags.append("-DHOST_CUDA_FTZ")              # CuPy's -ftz=true: float arithmetic flushes subnormals
+    return flags
+
+
+def is_float_kernel(code, options, kernels):
+    """Whether -ftz=true governs the arithmetic: compiled with -Dscalar_t=float, or (without scalar_t)
+    naming no double. x86 flushes doubles too, so a kernel mixing the two is run without flushing."""
+    macros = dict(o[2:].split("=", 1) for o in options if o.startswith("-D") and "=" in o)
+    if "scalar_t" in macros:
+        return macros["scalar_t"] == "float"
+    uses_double = any(p.base == "double" for parameters in kernels.values() for p in parameters)
+    return not uses_double and re.search(r"\bdouble\b", code) is None
 
 
 def compile_library(code, options, kernels):
-    """A ctypes library of `code` compiled with g++ under `options` (-D, -std), with a launcher per kernel.
+    """A ctypes library of `code` compiled with g++ under `options` (-D, -std), with a launcher per kernel."""
+    flags = compiler_flags(code, options, build_modes(), is_float_kernel(code, options, kernels))
+    source = code + "\n" + "".join(launcher_source(name, parameters) for name, parameters in kernels.items())
+    return shared_library(source, flags)
+
+
+def shared_library(source, flags):
+    """A ctypes library of the C++ `source` compiled with g++ `flags` (host_cuda.h included by them).
 
     Cached on disk by content; the generated .cpp stays beside the library, for reading g++'s errors."""
+    if "-fsanitize=address,undefined" in flags and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        raise RuntimeError("cupy stand-in: the sanitize build needs libasan preloaded; run the process "
+                           "with the environment of cupy._raw_kernel.sanitizer_environment()")
     with open(_HEADER) as f:
         header = f.read()
-    flags = ["-O1", "-ffp-contract=off", "-shared", "-fPIC", "-include", _HEADER,
-             *[o for o in options if o.startswith(("-D", "-std="))]]
-    if "__syncthreads" in code:
-        flags.append("-DHOST_CUDA_BARRIERS")
-    source = code + "\n" + "".join(launcher_source(name, parameters) for name, parameters in kernels.items())
     key = hashlib.sha256("\0".join([header, source, *flags]).encode()).hexdigest()[:20]
     stem = os.path.join(cache_dir(), key)
     if not os.path.exists(f"{stem}.so"):
@@ -132,6 +219,8 @@ def compile_library(code, options, kernels):
         os.replace(f"{partial}.cpp", f"{stem}.cpp")
         if result.returncode != 0:
             raise RuntimeError(f"cupy stand-in: g++ could not compile {stem}.cpp:\n{result.stderr}")
+        if result.stderr.strip():                    # a warning of g++ on a kernel is a fault to fix
+            raise RuntimeError(f"cupy stand-in: g++ warned on {stem}.cpp:\n{result.stderr}")
         os.replace(f"{partial}.so", f"{stem}.so")   # atomic: another process sees the whole library or none
     return ctypes.CDLL(f"{stem}.so")
 
@@ -148,6 +237,9 @@ def check_launch(grid, block):
         if extent > _LIMITS[what]:
             raise ValueError(f"cupy stand-in: {what} {extent} exceeds CUDA's {_LIMITS[what]}")
     return tuple(int(s) for s in grid), tuple(int(s) for s in block)
+
+
+_launches = 0          # the launch count seeds the shuffled orders: a new order at every launch
 
 
 class RawKernel:
@@ -169,13 +261,16 @@ class RawKernel:
             raise TypeError(f"cupy stand-in: {self.name} takes {len(self.parameters)} arguments, got {len(args)}")
         where = f"cupy stand-in: {self.name}"
         values = [p.check(value, f"{where} argument {k}") for k, (p, value) in enumerate(zip(self.parameters, args))]
-        self.launcher()(*grid, *block, *values)
+        global _launches
+        _launches += 1
+        seed = _launches + (int(os.environ.get("CUPY_STANDIN_SHUFFLE_SEED", "0")) << 32)
+        self.launcher()(seed, *grid, *block, *values)
 
     def launcher(self):
         if self._launcher is None:
             library = compile_library(self.code, self.options, self.kernels)
             launcher = getattr(library, f"host_launch_{self.name}")
-            launcher.argtypes = [ctypes.c_uint] * 6 + [ctypes.c_void_p if p.pointer else p.ctype
+            launcher.argtypes = [ctypes.c_ulonglong] + [ctypes.c_uint] * 6 + [ctypes.c_void_p if p.pointer else p.ctype
                                                        for p in self.parameters]
             launcher.restype = None
             self._launcher = launcher
