@@ -88,7 +88,7 @@ def bench_step(comm, repeat):
     state = {}
 
     def compute():
-        cls_score, bbox_pred = model.forward(images, rois, train=True)
+        cls_score, bbox_pred = model.train().forward(images, rois)
         loss, dcls, dbbox, parts = fast_rcnn_loss(cls_score, bbox_pred, labels, targets, weights, details=True)
         model.backward(dcls, dbbox)
         state.update(loss=loss, parts=parts)

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from minidet.boxes import bbox_transform
 from minidet.convention import CAFFE, InputConvention
 from minidet.data.transforms import image_scale
-from minidet.nn.roi_pool import RoIPool
 from minidet.detect import (class_colour, detect, draw_detections, image_pyramid, pyramid_levels, pyramid_rois,
                             score_and_decode, select_detections)
+from minidet.nn.roi_pool import RoIPool
 
 # the Caffe means with a spread of 64 grey levels: a randomly initialised small model gives
 # moderate class scores on such inputs (on raw 0-255 values its logits saturate)

@@ -6,6 +6,7 @@ from minidet.convention import CAFFE
 from minidet.data.voc import VOCDataset
 from minidet.inference import (detect_dataset, evaluate_detections, format_table, ground_truth, parse_scales,
                                scales_from_arguments)
+from minidet.nn.roi_pool import RoIPool
 from tests.test_data_voc import write_folder
 
 
@@ -52,6 +53,7 @@ class ConstantModel:
     """forward() that scores class 1 at 0.9 for every RoI and predicts zero deltas."""
 
     dtype = np.float32
+    roi_pool = RoIPool()          # which RoIs read the same cells, for the dedup
 
     def forward(self, images, rois):
         cls_score = np.tile(np.log(np.array([0.1, 0.9], np.float32)), (len(rois), 1))

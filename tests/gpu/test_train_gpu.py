@@ -238,7 +238,7 @@ def test_a_training_loop_on_staged_batches_reads_the_device_once_per_iteration(c
 
         def iteration(batch):
             arrays = stage(batch)
-            cls_score, bbox_pred = model.forward(arrays["images"], arrays["rois"], train=True)
+            cls_score, bbox_pred = model.train().forward(arrays["images"], arrays["rois"])
             loss, dcls, dbbox, parts = fast_rcnn_loss(cls_score, bbox_pred, arrays["labels"],
                                                       arrays["bbox_targets"], arrays["bbox_weights"], details=True)
             model.backward(dcls, dbbox)

@@ -24,7 +24,7 @@ __device__ __forceinline__ int axis_geometry(scalar_t first, scalar_t last, scal
 // Point i of bin p along one axis: false when it reads nothing, else its cells lo, hi and weights.
 __device__ __forceinline__ bool axis_point(scalar_t start, scalar_t bin_size, int p, int i, int grid, int size,
                                            int* lo, int* hi, scalar_t* l, scalar_t* h) {
-    scalar_t v = (start + mul_rn((scalar_t)p, bin_size)) + mul_rn((scalar_t)(i + 0.5), bin_size) / (scalar_t)grid;
+    scalar_t v = (start + mul_rn((scalar_t)p, bin_size)) + mul_rn((scalar_t)i + (scalar_t)0.5, bin_size) / (scalar_t)grid;
     if (!(v >= -1 && v <= size)) return false;  // also NaN
     if (v <= 0) v = 0;
     int low = (int)v;
