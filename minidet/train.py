@@ -27,10 +27,11 @@ import sys
 import time
 
 from minidet.atomic import atomic_write
-from minidet.backend import require_cupy, to_device
+from minidet.backend import require_cupy
 from minidet.checkpoint import (BBOX_MEANS, BBOX_STDS, CHECKPOINT_NAME, FINAL_NAME, build_model,
                                 load_initial_weights, read_checkpoint, write_checkpoint, write_final)
 from minidet.convention import SCRATCH, InputConvention
+from minidet.device_batch import DeviceBatches
 from minidet.distributed import make_communicator, scale_schedule
 from minidet.losses import fast_rcnn_loss
 from minidet.optim import SGD
@@ -38,7 +39,6 @@ from minidet.runlog import LOG_NAME, truncate_log
 from minidet.seeds import reseed_dropouts
 from minidet.train_config import TrainConfig, add_config_arguments, given_settings
 
-BATCH_ARRAYS = ("images", "rois", "labels", "bbox_targets", "bbox_weights")
 
 
 class TrainingDiverged(RuntimeError):
@@ -148,6 +148,7 @@ def train(config, dataset=None, proposals=None, log=print, comm=None):
             json.dump(config.to_dict(), f, indent=2)
 
     started, last = time.perf_counter(), None
+    stage = DeviceBatches(config.device)    # pinned buffers, copies queued behind the device's work
     loader = make_loader(config, dataset, proposals, convention, len(class_names) + 1, start, comm)
     reseed_dropouts(model, config.seed, start, comm.rank)
     progress = _progress(config, start) if comm.is_root else None
@@ -156,8 +157,7 @@ def train(config, dataset=None, proposals=None, log=print, comm=None):
             for it, batch in zip(range(start, config.iters), loader):
                 tick, lr = time.perf_counter(), optimizer.lr
                 try:
-                    stats = train_step(model, optimizer, {k: to_device(batch[k], config.device)
-                                                          for k in BATCH_ARRAYS}, comm)
+                    stats = train_step(model, optimizer, stage(batch), comm)
                 except TrainingDiverged as err:
                     kept = (f"the last good checkpoint, {ckpt_path} (iteration {checkpointed}), is kept"
                             if checkpointed is not None else "no checkpoint of this run had been written")

@@ -15,7 +15,7 @@ import hashlib
 import json
 import sys
 
-from minidet.backend import asnumpy, get_array_module, is_gpu_array, require_cupy
+from minidet.backend import asnumpy, is_gpu_array, require_cupy
 from minidet.distributed.flat import STATS, FlatBuffer, gradient_buffer, pack_step, unpack_step
 
 
@@ -107,10 +107,10 @@ class SingleProcess(Communicator):
         super().__init__(0, 1)
 
     def allreduce_gradients(self, grads, loss, parts, rois):
-        xp = get_array_module(loss)
-        values = xp.stack([xp.asarray(v, dtype=xp.float64) for v in (loss, *(parts[k] for k in STATS[2:]))])
-        stats = dict(zip(STATS[1:], asnumpy(values).tolist()), rois=int(rois))   # one read from the device
-        return grads, stats
+        from minidet.device_batch import host_values
+
+        stats = host_values(loss=loss, **{k: parts[k] for k in STATS[2:]})   # one read from the device
+        return grads, dict(stats, rois=int(rois))
 
     def _sum_in_place(self, buffer):
         pass

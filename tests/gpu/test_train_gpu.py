@@ -223,9 +223,11 @@ def is_pinned(cp, array):
 
 
 def test_a_training_loop_on_staged_batches_reads_the_device_once_per_iteration(cp, monkeypatch):
-    # The loop of minidet.train as it should run: batches staged through pinned memory, the step
-    # guarded by the loss on the device, the loss and its parts read once, after the step.
-    from minidet.device_batch import BATCH_KEYS, DeviceBatches, host_values
+    # The loop of minidet.train: batches staged through pinned memory, train_step, whose loss and
+    # parts are read from the device once, before the update.
+    from minidet.device_batch import BATCH_KEYS, DeviceBatches
+    from minidet.distributed import SingleProcess
+    from minidet.train import train_step
 
     batches = [dict(zip(BATCH_KEYS, random_batch(np.random.default_rng(10 + k)))) for k in range(4)]
 
@@ -237,13 +239,8 @@ def test_a_training_loop_on_staged_batches_reads_the_device_once_per_iteration(c
         stage = DeviceBatches(device)
 
         def iteration(batch):
-            arrays = stage(batch)
-            cls_score, bbox_pred = model.train().forward(arrays["images"], arrays["rois"])
-            loss, dcls, dbbox, parts = fast_rcnn_loss(cls_score, bbox_pred, arrays["labels"],
-                                                      arrays["bbox_targets"], arrays["bbox_weights"], details=True)
-            model.backward(dcls, dbbox)
-            sgd.step(model.grads(), loss=loss)
-            return host_values(loss=loss, **parts)
+            stats = train_step(model.train(), sgd, stage(batch), SingleProcess())
+            return {k: stats[k] for k in ("loss", "loss_cls", "loss_bbox", "accuracy")}
 
         logged = [iteration(batches[0])]          # compiles the kernels, makes the kept buffers
         transfers = HostTransfers(cp, monkeypatch) if device == "gpu" else None
