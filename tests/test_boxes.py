@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minidet.backend import gpu_available
 from minidet.boxes import BBOX_XFORM_CLIP, bbox_overlaps, bbox_transform, bbox_transform_inv, clip_boxes
 
 
@@ -100,21 +99,3 @@ def test_clip_boxes_matches_a_loop(seed, n, k):
             limit = width - 1 if j % 2 == 0 else height - 1
             assert clipped[i, j] == min(max(boxes[i, j], 0), limit)
     assert not np.shares_memory(clipped, boxes)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not gpu_available(), reason="no CuPy or no CUDA GPU")
-def test_box_functions_on_the_gpu_equal_the_cpu():
-    import cupy as cp
-
-    rng = np.random.default_rng(1)
-    p, g = random_boxes(rng, 50), random_boxes(rng, 50)
-    deltas = rng.normal(0, 0.5, (50, 8))
-    for cpu, gpu in [
-        (bbox_overlaps(p, g), bbox_overlaps(cp.asarray(p), cp.asarray(g))),
-        (bbox_transform(p, g), bbox_transform(cp.asarray(p), cp.asarray(g))),
-        (bbox_transform_inv(p, deltas), bbox_transform_inv(cp.asarray(p), cp.asarray(deltas))),
-        (clip_boxes(deltas * 400, (300, 400)), clip_boxes(cp.asarray(deltas * 400), (300, 400))),
-    ]:
-        assert isinstance(gpu, cp.ndarray)
-        np.testing.assert_allclose(cp.asnumpy(gpu), cpu, rtol=1e-12, atol=1e-9)

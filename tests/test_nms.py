@@ -4,7 +4,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minidet.backend import gpu_available
 from minidet.ops.nms import nms, nms_reference
 from tests.reference import require_torchvision
 
@@ -126,20 +125,3 @@ def test_nms_equals_torchvision_on_boxes_widened_by_one_pixel(case):
     widened = boxes + np.array([0, 0, 1, 1])
     expected = torchvision.ops.nms(torch.from_numpy(widened), torch.from_numpy(scores), threshold)
     assert nms(boxes, scores, np.nextafter(threshold, np.inf)).tolist() == expected.tolist()
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not gpu_available(), reason="no CuPy or no CUDA GPU")
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_nms_on_the_gpu_equals_the_cpu(dtype):
-    import cupy as cp
-
-    rng = np.random.default_rng(1)
-    for n in (0, 1, 64, 65, 2000):
-        x1y1 = rng.uniform(0, 500, (n, 2))
-        boxes = np.concatenate([x1y1, x1y1 + rng.uniform(0, 200, (n, 2))], axis=1).astype(dtype)
-        scores = rng.integers(0, 50, n).astype(dtype)
-        for threshold in (0.3, 0.7):
-            keep = nms(cp.asarray(boxes), cp.asarray(scores), threshold)
-            assert isinstance(keep, cp.ndarray) and keep.dtype == cp.int64
-            np.testing.assert_array_equal(cp.asnumpy(keep), nms(boxes, scores, threshold))
