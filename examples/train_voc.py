@@ -87,7 +87,8 @@ def choose_settings(args, log=print, comm=None):
     chosen = dict(base, **given)
     dataset = VOCDataset(data_dir, chosen.get("split", "trainval"), chosen.get("class_names"))
     preset = chosen.get("preset") or ("small" if synthetic else "vgg16")
-    settings = recipe(preset, data_summary(dataset, chosen.get("flip", True)), chosen.get("images_per_batch"))
+    settings = recipe(preset, data_summary(dataset, chosen.get("flip", True)), chosen.get("images_per_batch"),
+                      1 if comm is None else comm.size)
     if "iters" in chosen and "step_size" not in chosen:
         source = "option" if "iters" in given else "--config"
         settings = with_iterations(settings, chosen["iters"], source)

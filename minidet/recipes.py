@@ -44,12 +44,16 @@ def data_summary(dataset, flip=True):
             "synthetic": os.path.exists(os.path.join(getattr(dataset, "root", ""), "manifest.json"))}
 
 
-def recipe(preset, summary, images_per_batch=None):
-    """{TrainConfig field: (value, where it comes from)} for `preset` on data described by `summary`."""
+def recipe(preset, summary, images_per_batch=None, world_size=1):
+    """{TrainConfig field: (value, where it comes from)} for `preset` on data described by `summary`.
+
+    images_per_batch: of each rank (default: the preset's); an epoch takes epoch_images /
+    (images_per_batch x world_size) iterations.
+    """
     if preset not in NETWORK_SETTINGS:
         raise ValueError(f"preset must be one of {sorted(NETWORK_SETTINGS)}, got {preset!r}")
     settings = {k: (v, f"{preset} preset") for k, v in NETWORK_SETTINGS[preset].items()}
-    batch = images_per_batch or NETWORK_SETTINGS[preset]["images_per_batch"]
+    batch = (images_per_batch or NETWORK_SETTINGS[preset]["images_per_batch"]) * world_size
     per_epoch = max(1, summary["epoch_images"] // batch)
     epochs, step_epochs = ((PAPER_EPOCHS, PAPER_STEP_EPOCHS) if preset == "vgg16"
                            else (SMALL_EPOCHS, SMALL_EPOCHS * SMALL_STEP_SHARE))

@@ -57,3 +57,10 @@ def test_options_override_the_config_file_which_overrides_the_recipe(tiny_voc, t
     assert not synthetic
     with pytest.raises(SystemExit):
         train_voc.parse_args(["--flip", "maybe"])
+
+
+def test_an_epoch_counts_the_global_batch_of_every_rank():
+    summary = {"images": 400, "epoch_images": 800, "shorter_side": 240}
+    one = values(recipe("small", summary))
+    two_ranks = values(recipe("small", summary, images_per_batch=1, world_size=2))
+    assert (two_ranks["iters"], two_ranks["step_size"]) == (one["iters"], one["step_size"]) == (4000, 3200)
