@@ -23,12 +23,18 @@ class Dropout(Layer):
         if not self.training:
             self.mask = None
             return x
-        xp = get_array_module(x)
-        if xp not in self.generators:
-            self.generators[xp] = xp.random.default_rng(self.seed)
-        keep = self.generators[xp].random(x.shape, dtype=x.dtype) >= self.p
+        keep = self.generator(x).random(x.shape, dtype=x.dtype) >= self.p
         self.mask = keep.astype(x.dtype) / (1 - self.p)  # the whole derivative of y by x
         return x * self.mask
 
     def backward(self, dy):
         return dy if self.mask is None else dy * self.mask
+
+    def generator(self, x):
+        """The layer's generator for x's module (numpy or cupy), made from `seed` on first use. On the
+        GPU CuPy sizes its generator's state by the GPU's number of multiprocessors, so the same seed
+        gives the same masks on the same GPU model only (resuming is exact there and on the CPU)."""
+        xp = get_array_module(x)
+        if xp not in self.generators:
+            self.generators[xp] = xp.random.default_rng(self.seed)
+        return self.generators[xp]
