@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from minidet.atomic import atomic_write
 from minidet.data.coco import box_to_coco, coco_ids, coco_to_box
 
 CSV_HEADER = ("image_id", "class", "score", "x1", "y1", "x2", "y2")
@@ -58,22 +59,16 @@ def _plain(value):
     return int(value) if isinstance(value, (int, np.integer)) else value
 
 
-def _write_atomic(path, text):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _write_text(path, text):
+    """Write text as UTF-8, newlines as they are, atomically (minidet.atomic); returns path."""
+    with atomic_write(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
     return path
 
 
 def write_coco_results(path, boxes, labels, scores, image_ids, category_ids):
     """Write COCO results JSON (see coco_results); returns path."""
-    return _write_atomic(path, json.dumps(coco_results(boxes, labels, scores, image_ids, category_ids)))
+    return _write_text(path, json.dumps(coco_results(boxes, labels, scores, image_ids, category_ids)))
 
 
 def write_csv(path, boxes, labels, scores, image_names, class_names):
@@ -86,7 +81,7 @@ def write_csv(path, boxes, labels, scores, image_names, class_names):
     for name, (b, l, s) in zip(image_names, _per_image(boxes, labels, scores)):
         for box, label, score in zip(b, l, s):
             writer.writerow([name, class_names[int(label) - 1], repr(float(score))] + [repr(float(v)) for v in box])
-    return _write_atomic(path, text.getvalue())
+    return _write_text(path, text.getvalue())
 
 
 def write_detections(path, dataset, boxes, labels, scores):
