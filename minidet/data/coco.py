@@ -53,15 +53,21 @@ def coco_ids(dataset):
     return list(range(1, len(dataset) + 1)), list(range(1, len(dataset.class_names) + 1))
 
 
-def read_json(path):
-    """The parsed JSON of a file; AnnotationError naming the file when it is not JSON."""
+def read_json(path, kind="annotation", error=AnnotationError):
+    """The parsed JSON of a file; FileNotFoundError when it is missing ("PATH: KIND file is missing"),
+    `error` naming the file when it is not JSON."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: annotation file is missing")
+        raise FileNotFoundError(f"{path}: {kind} file is missing")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AnnotationError(f"{path}: malformed JSON ({e})") from None
+        raise error(f"{path}: malformed JSON ({e})") from None
+
+
+def is_finite_number(value):
+    """True for an int or a finite float as JSON gives them (not a bool, NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _get(entry, key, kind, where, required=True, default=None):
@@ -73,9 +79,8 @@ def _get(entry, key, kind, where, required=True, default=None):
             raise AnnotationError(f"{where} has no {key!r}")
         return default
     value = entry[key]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = {"int": number and float(value).is_integer(),
-          "number": number and math.isfinite(value),
+    ok = {"int": is_finite_number(value) and float(value).is_integer(),
+          "number": is_finite_number(value),
           "str": isinstance(value, str) and value.strip() != "",
           "flag": value in (0, 1) and not isinstance(value, float),
           "list": isinstance(value, list)}[kind]
@@ -171,8 +176,7 @@ def parse_coco(data, path, class_names=None):
             raise AnnotationError(f"{where}: category {cat_names[cat_id]!r} (id {cat_id}) is not among "
                                   f"the classes {list(names)}")
         bbox = _get(ann, "bbox", "list", where)
-        if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                     and math.isfinite(v) for v in bbox):
+        if len(bbox) != 4 or not all(is_finite_number(v) for v in bbox):
             raise AnnotationError(f"{where}: 'bbox' is {bbox!r}, not four finite numbers [x, y, w, h]")
         x, y, w, h = (float(v) for v in bbox)
         image = images[index[image_id]]
