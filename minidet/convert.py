@@ -29,6 +29,7 @@ import sys
 
 import numpy as np
 
+from minidet.arguments import parse_classes
 from minidet.atomic import atomic_write
 from minidet.data.coco import COCODataset, box_to_coco, coco_ids
 from minidet.data.voc import (AnnotationError, read_class_names, read_split, read_voc_objects, split_path,
@@ -177,8 +178,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         if args.command == "voc2coco":
-            classes = args.classes.split(",") if args.classes else None
-            coco = voc_folder_to_coco(args.data_dir, args.split, classes)
+            coco = voc_folder_to_coco(args.data_dir, args.split, parse_classes(args.classes))
             with atomic_write(args.out, "w", encoding="utf-8") as f:
                 json.dump(coco, f)
             print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} objects, "

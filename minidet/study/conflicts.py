@@ -31,6 +31,7 @@ import sys
 
 import numpy as np
 
+from minidet.arguments import parse_classes, parse_scales
 from minidet.atomic import atomic_write
 from minidet.ops.maxpool import pooled_size
 from minidet.ops.roi_align import axis_points
@@ -215,8 +216,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="minidet study conflicts", description=main.__doc__.split(":", 1)[1].strip())
     parser.add_argument("--data-dir", required=True, help="a VOC-layout folder (ImageSets/, Annotations/, JPEGImages/)")
     parser.add_argument("--split", default="trainval", help="ImageSets/Main/SPLIT.txt (default: trainval)")
-    parser.add_argument("--classes", default=None, help="comma-separated class names when there is no classes.txt")
-    parser.add_argument("--scales", default="224,320,480,600",
+    parser.add_argument("--classes", type=parse_classes, default=None,
+                        help="comma-separated class names when there is no classes.txt")
+    parser.add_argument("--scales", type=parse_scales, default="224,320,480,600",
                         help="image scales, shorter side in pixels (default: 224,320,480,600)")
     parser.add_argument("--roi-op", nargs="+", choices=ROI_OPS, default=list(ROI_OPS), help="default: both")
     parser.add_argument("--roi-layer", nargs="+", choices=tuple(ROI_LAYERS), default=list(ROI_LAYERS),
@@ -229,19 +231,14 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2, help="selective-search processes (default: 2)")
     parser.add_argument("--out", default="study_conflicts", help="folder for conflicts.json and conflicts.png")
     args = parser.parse_args(argv)
-    try:
-        scales = [int(s) for s in args.scales.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--scales must be comma-separated integers, got {args.scales!r}")
-    if not scales or min(scales) < 1 or args.images < 1:
-        parser.error("--scales and --images must be positive")
+    if args.images < 1:
+        parser.error("--images must be positive")
     proposals_dir = args.proposals_dir
     if proposals_dir is None and not os.access(args.data_dir, os.W_OK):
         proposals_dir = os.path.join(args.out, "proposals_cache")
-    class_names = args.classes.split(",") if args.classes else None
     try:
-        result = run_conflict_study(args.data_dir, args.split, scales, args.roi_op, args.roi_layer, args.images,
-                                    args.seed, class_names, proposals_dir, args.proposal_mode, args.workers)
+        result = run_conflict_study(args.data_dir, args.split, args.scales, args.roi_op, args.roi_layer, args.images,
+                                    args.seed, args.classes, proposals_dir, args.proposal_mode, args.workers)
     except (OSError, ValueError) as e:
         print(f"minidet study-conflicts: {e}", file=sys.stderr)
         return 2
