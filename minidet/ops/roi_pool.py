@@ -167,17 +167,24 @@ def roi_pool_backward_reference(dy, argmax, x_shape, rois):
 
 # --- CPU: Cython ----------------------------------------------------------------------------
 
+def nhwc_copy(x):
+    """x (N, C, H, W) NumPy as a new (N, H, W, C) array, one feature cell's C channels contiguous: the
+    layout of the CPU RoI kernels (RoIPool, RoIAlign), whose inner loops run over channels."""
+    from minidet._ext import nhwc
+
+    n, c, h, w = x.shape
+    x_nhwc = np.empty((n, h, w, c), dtype=x.dtype)
+    nhwc.nchw_to_nhwc(x, x_nhwc)
+    return x_nhwc
+
+
 def _roi_pool_cpu(x, rois, ph, pw, spatial_scale):
     from minidet._ext import roi_pool as ext
 
-    n, c, h, w = x.shape
-    r = rois.shape[0]
+    r, c = rois.shape[0], x.shape[1]
     y = np.empty((r, c, ph, pw), dtype=x.dtype)
     argmax = np.empty((r, c, ph, pw), dtype=np.int32)
-    # One feature cell's C channels contiguous: the kernel's inner loop runs over channels.
-    x_nhwc = np.empty((n, h, w, c), dtype=x.dtype)
-    ext.nchw_to_nhwc(x, x_nhwc)
-    ext.roi_pool_forward(x_nhwc, rois, y.reshape(r, c, ph * pw), argmax.reshape(r, c, ph * pw),
+    ext.roi_pool_forward(nhwc_copy(x), rois, y.reshape(r, c, ph * pw), argmax.reshape(r, c, ph * pw),
                          ph, pw, float(spatial_scale))
     return y, argmax
 
