@@ -41,7 +41,7 @@ import math
 import numpy as np
 
 from minidet.backend import get_array_module, require_cupy
-from minidet.ops.roi_pool import _check, _check_batch_index, nhwc_copy
+from minidet.ops.roi_pool import check_batch_index, check_roi_inputs, nhwc_copy
 
 # Work (RoIs x channels x bins x points) from which the CPU kernels split over OpenMP's threads:
 # about 20 ms on one core, for the reason given at minidet.ops.im2col.PARALLEL_MIN_SIZE (on a busy
@@ -58,12 +58,12 @@ def roi_align(x, rois, output_size=(7, 7), spatial_scale=1 / 16, sampling_ratio=
     Returns y (R, C, PH, PW) of x's dtype.
     """
     xp = get_array_module(x, rois)
-    ph, pw = _check(x, rois, output_size)
+    ph, pw = check_roi_inputs(x, rois, output_size)
     rois = xp.ascontiguousarray(xp.asarray(rois, dtype=x.dtype))
     x = xp.ascontiguousarray(x)
     args = (ph, pw, spatial_scale, int(sampling_ratio), bool(aligned))
     if xp is np:
-        _check_batch_index(rois[:, 0].astype(np.int64), x.shape[0])
+        check_batch_index(rois[:, 0].astype(np.int64), x.shape[0])
         return _roi_align_cpu(x, rois, *args)
     # No check on the GPU (it would read the indices back): a RoI of a missing image gives 0.
     return _roi_align_gpu(x, rois, *args)
@@ -89,7 +89,7 @@ def roi_align_backward(dy, rois, x_shape, output_size=(7, 7), spatial_scale=1 / 
     dy = xp.ascontiguousarray(dy)
     args = (spatial_scale, int(sampling_ratio), bool(aligned))
     if xp is np:
-        _check_batch_index(rois[:, 0].astype(np.int64), n)
+        check_batch_index(rois[:, 0].astype(np.int64), n)
         return _roi_align_backward_cpu(dy, rois, (n, c, h, w), *args)
     return _roi_align_backward_gpu(dy, rois, (n, c, h, w), *args)
 
@@ -153,7 +153,7 @@ def _roi_points(roi, output_size, spatial_scale, sampling_ratio, aligned, height
 
 def roi_align_reference(x, rois, output_size=(7, 7), spatial_scale=1 / 16, sampling_ratio=2, aligned=True):
     """Plain NumPy `roi_align` for small inputs (NumPy arrays only): same arguments, same results."""
-    ph, pw = _check(x, rois, output_size)
+    ph, pw = check_roi_inputs(x, rois, output_size)
     n_images, channels, height, width = x.shape
     t = x.dtype.type
     rois = np.asarray(rois).astype(x.dtype)
