@@ -1,10 +1,11 @@
 """Between the VOC layout and COCO's JSON: `minidet convert voc2coco` and `minidet convert coco2voc`.
 
-voc2coco writes every object of a split as its XML has it (minidet.data.voc.read_voc_objects reads
-and checks it for both): boxes neither clipped nor dropped (VOCDataset clips them to the image and
-drops those without extent, a point or a line, and so does COCODataset with a converted file, except
-that a one-pixel box has a size in COCO and is kept), in COCO's [x, y, w, h] (minidet.data.coco.box_to_coco). Images are numbered 1..N in the split's
-order and keep their VOC id as file_name ID.jpg; categories are numbered 1..K in class order.
+voc2coco writes every object of a split as its XML has it, read and checked by the reader that
+VOCDataset uses (minidet.data.voc.read_voc_objects): boxes neither clipped nor dropped (VOCDataset
+clips them to the image and drops those without extent, a point or a line, and so does COCODataset
+with a converted file, except that a one-pixel box has a size in COCO and is kept), in COCO's
+[x, y, w, h] (minidet.data.coco.box_to_coco). Images are numbered 1..N in the split's order and keep
+their VOC id as file_name ID.jpg; categories are numbered 1..K in class order.
 
 VOC's difficult objects become iscrowd=1, with "difficult": 1 beside it. pycocotools lets a
 ground-truth box neither count (in recall) nor penalise (a detection on it is ignored, not a false

@@ -65,9 +65,10 @@ def read_voc_objects(path, class_index):
 
     Boxes are the XML's values minus 1 (0-based pixel-inclusive, as float), neither clipped nor dropped.
 
-    class_index: the known class names (a dict {name: label} or any container). An unknown class, a missing field, an empty image size, an inverted box
-    (xmax < xmin) or a box further than BORDER_TOLERANCE outside the image raises AnnotationError
-    naming the file and the object. The XML's <path> is ignored.
+    class_index: the known class names (a dict {name: label} or any container). An unknown class, a
+    missing field, an empty image size, an inverted box (xmax < xmin) or a box further than
+    BORDER_TOLERANCE outside the image raises AnnotationError naming the file and the object. The
+    XML's <path> is ignored.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: annotation file is missing")
