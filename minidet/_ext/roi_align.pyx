@@ -173,6 +173,7 @@ cdef void average_bins(const real* xn, int W, int C, int pooled_h, int pooled_w,
     cdef real inverse = <real> 1 / <real> count
     cdef int ph, pw, iy, ix, c
     cdef real w[4]
+    cdef real w1, w2, w3, w4
     cdef Py_ssize_t cells[4]
     cdef real* acc
     cdef const real* v1
@@ -188,9 +189,10 @@ cdef void average_bins(const real* xn, int W, int C, int pooled_h, int pooled_w,
                 for ix in range(gw):
                     if not point_cells(s, ph * gh + iy, rows + pw * gw + ix, W, C, cells, w):
                         continue
+                    w1, w2, w3, w4 = w[0], w[1], w[2], w[3]        # scalars: the channel loop reads no array
                     v1, v2, v3, v4 = xn + cells[0], xn + cells[1], xn + cells[2], xn + cells[3]
                     for c in range(C):
-                        acc[c] = acc[c] + (((w[0] * v1[c] + w[1] * v2[c]) + w[2] * v3[c]) + w[3] * v4[c])
+                        acc[c] = acc[c] + (((w1 * v1[c] + w2 * v2[c]) + w3 * v3[c]) + w4 * v4[c])
             if power_of_two:
                 for c in range(C):
                     acc[c] = acc[c] * inverse
