@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+from minidet.atomic import atomic_write
+
 
 def time_call(fn, repeat=5, warmup=1):
     """Median and minimum wall seconds of fn() over `repeat` runs after `warmup` runs."""
@@ -59,11 +61,8 @@ def machine_info(threads=None):
 
 
 def write_json(path, results):
-    """Write results (a dict) as JSON, atomically, creating the folder."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    """Write results (a dict) as JSON, atomically (minidet.atomic), creating the folder."""
+    with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, path)
     print(f"wrote {path}")

@@ -20,6 +20,7 @@ pixel-inclusive). BASE is --detections, by default --out without its extension (
 for a folder). Images are numbered 1..N in the order processed (file names sorted; frames in order).
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -27,6 +28,7 @@ import zipfile
 
 import cv2
 
+from minidet.atomic import atomic_path, atomic_write
 from minidet.backend import require_cupy
 from minidet.checkpoint import load_model
 from minidet.detect import detect, draw_detections
@@ -99,25 +101,22 @@ class ProposalCache:
 
 
 def imwrite_atomic(path, picture):
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.{os.getpid()}.tmp{ext}"
-    if not cv2.imwrite(tmp, picture):
-        raise DemoError(f"{path}: cannot be written")
-    os.replace(tmp, path)
+    with atomic_path(path, os.path.splitext(path)[1]) as tmp:
+        if not cv2.imwrite(tmp, picture):
+            raise DemoError(f"{path}: cannot be written")
 
 
 def write_detection_files(base, names, detections, class_names):
     """BASE.json, BASE_images.json and BASE.csv (module docstring); names: the images' names, in order."""
-    from minidet.convert import write_json_atomic
     from minidet.detections_io import write_coco_results, write_csv
 
     boxes, labels, scores = detections
     ids, categories = list(range(1, len(names) + 1)), list(range(1, len(class_names) + 1))
     write_coco_results(f"{base}.json", boxes, labels, scores, ids, categories)
     images = [dict(id=i, file_name=name, **size) for i, (name, size) in zip(ids, names)]
-    write_json_atomic(f"{base}_images.json", dict(images=images, annotations=[],
-                                                  categories=[dict(id=c, name=n) for c, n in zip(categories,
-                                                                                                 class_names)]))
+    with atomic_write(f"{base}_images.json", "w", encoding="utf-8") as f:
+        json.dump(dict(images=images, annotations=[],
+                       categories=[dict(id=c, name=n) for c, n in zip(categories, class_names)]), f)
     write_csv(f"{base}.csv", boxes, labels, scores, [name for name, _ in names], class_names)
     return [f"{base}.json", f"{base}_images.json", f"{base}.csv"]
 
@@ -178,28 +177,24 @@ def run(args, model, info, kind, progress):
 
     stream, fps, count = frames(args.input)
     frame_file = propose.frame_files(args.input)
-    root, ext = os.path.splitext(args.out)
-    tmp = f"{root}.{os.getpid()}.tmp{ext}"
+    ext = os.path.splitext(args.out)[1]
     writer = None
-    try:
-        for n, frame in tqdm(stream, desc="detect", unit="frame", total=count or None, disable=not progress,
-                             file=sys.stderr):
-            picture = one(f"frame{n:06d}", frame, frame_file(n))
+    with atomic_path(args.out, ext) as tmp:
+        try:
+            for n, frame in tqdm(stream, desc="detect", unit="frame", total=count or None, disable=not progress,
+                                 file=sys.stderr):
+                picture = one(f"frame{n:06d}", frame, frame_file(n))
+                if writer is None:
+                    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*VIDEO_CODECS[ext.lower()]), fps,
+                                             (picture.shape[1], picture.shape[0]))
+                    if not writer.isOpened():
+                        raise DemoError(f"{args.out}: OpenCV cannot write this video")
+                writer.write(picture)
             if writer is None:
-                writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*VIDEO_CODECS[ext.lower()]), fps,
-                                         (picture.shape[1], picture.shape[0]))
-                if not writer.isOpened():
-                    raise DemoError(f"{args.out}: OpenCV cannot write this video")
-            writer.write(picture)
-        if writer is None:
-            raise DemoError(f"{args.input}: the video has no frame that can be decoded")
-        writer.release()
-        os.replace(tmp, args.out)
-    finally:
-        if writer is not None:
-            writer.release()
-        if os.path.exists(tmp):
-            os.remove(tmp)
+                raise DemoError(f"{args.input}: the video has no frame that can be decoded")
+        finally:
+            if writer is not None:
+                writer.release()                   # the file is whole before it is renamed
     return names, found
 
 

@@ -1,10 +1,11 @@
 """Between the VOC layout and COCO's JSON: `minidet convert voc2coco` and `minidet convert coco2voc`.
 
-voc2coco writes every object of a split as its XML has it: boxes neither clipped nor dropped
-(VOCDataset clips them to the image and drops those without extent, a point or a line, and so
-does COCODataset with a converted file, except that a one-pixel box has a size in COCO and is kept),
-in COCO's [x, y, w, h] (minidet.data.coco.box_to_coco). Images are numbered 1..N in the split's
-order and keep their VOC id as file_name ID.jpg; categories are numbered 1..K in class order.
+voc2coco writes every object of a split as its XML has it, read and checked by the reader that
+VOCDataset uses (minidet.data.voc.read_voc_objects): boxes neither clipped nor dropped (VOCDataset
+clips them to the image and drops those without extent, a point or a line, and so does COCODataset
+with a converted file, except that a one-pixel box has a size in COCO and is kept), in COCO's
+[x, y, w, h] (minidet.data.coco.box_to_coco). Images are numbered 1..N in the split's order and keep
+their VOC id as file_name ID.jpg; categories are numbered 1..K in class order.
 
 VOC's difficult objects become iscrowd=1, with "difficult": 1 beside it. pycocotools lets a
 ground-truth box neither count (in recall) nor penalise (a detection on it is ignored, not a false
@@ -26,12 +27,14 @@ import os
 import re
 import shutil
 import sys
-import xml.etree.ElementTree as ET
 
 import numpy as np
 
+from minidet.arguments import parse_classes
+from minidet.atomic import atomic_write
 from minidet.data.coco import COCODataset, box_to_coco, coco_ids
-from minidet.data.voc import AnnotationError, _number, read_class_names, write_voc_xml
+from minidet.data.voc import (AnnotationError, read_class_names, read_split, read_voc_objects, split_path,
+                               voc_paths, write_voc_xml)
 
 
 def _coco_skeleton(description, class_names, category_ids):
@@ -63,77 +66,23 @@ def voc_to_coco_dict(dataset):
     return out
 
 
-def read_voc_objects(path, class_names):
-    """One VOC XML as written: ((H, W), [(name, (xmin, ymin, xmax, ymax) 1-based, difficult), ...]).
-
-    Nothing is clipped or dropped; a box with xmax < xmin or ymax < ymin, a class not in
-    class_names, or a malformed file raises AnnotationError naming the file and the object.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: annotation file is missing")
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as e:
-        raise AnnotationError(f"{path}: malformed XML ({e})") from None
-    size = root.find("size")
-    if size is None:
-        raise AnnotationError(f"{path}: no <size> (image width and height)")
-    width, height = _number(size, "width", path, "<size>"), _number(size, "height", path, "<size>")
-    objects = []
-    for k, obj in enumerate(root.findall("object")):
-        name = (obj.findtext("name") or "").strip()
-        where = f"object {k} ({name or 'unnamed'})"
-        if name not in class_names:
-            raise AnnotationError(f"{path}: {where} has unknown class name {name!r}; known: {', '.join(class_names)}")
-        bndbox = obj.find("bndbox")
-        if bndbox is None:
-            raise AnnotationError(f"{path}: {where} has no <bndbox>")
-        box = tuple(_number(bndbox, t, path, where) for t in ("xmin", "ymin", "xmax", "ymax"))
-        if box[2] < box[0] or box[3] < box[1]:
-            raise AnnotationError(f"{path}: {where} has xmax < xmin or ymax < ymin: {box}")
-        difficult = (obj.findtext("difficult") or "").strip() not in ("", "0")
-        objects.append((name, box, difficult))
-    return (int(height), int(width)), objects
-
-
 def voc_folder_to_coco(data_dir, split="trainval", class_names=None):
     """A COCO dict of one split of a VOC-layout folder, every object as its XML has it (module docstring).
 
     class_names: as for VOCDataset (classes.txt first, then this, then VOC's 20).
     """
     names = read_class_names(data_dir, class_names)
-    split_file = os.path.join(data_dir, "ImageSets", "Main", f"{split}.txt")
-    if not os.path.isfile(split_file):
-        raise FileNotFoundError(f"{split_file}: split file is missing (is {data_dir} a VOC-layout folder?)")
-    with open(split_file, encoding="utf-8") as f:
-        ids = [line.split()[0] for line in f if line.strip()]
     category = {name: k + 1 for k, name in enumerate(names)}
     out = _coco_skeleton(f"{os.path.abspath(data_dir)}, split {split}", names, range(1, len(names) + 1))
-    for n, voc_id in enumerate(ids, start=1):
-        image = os.path.join(data_dir, "JPEGImages", f"{voc_id}.jpg")
+    for n, voc_id in enumerate(read_split(data_dir, split), start=1):
+        annotation, image = voc_paths(data_dir, voc_id)
         if not os.path.isfile(image):
-            raise FileNotFoundError(f"{image}: image file is missing (listed in {split_file})")
-        (height, width), objects = read_voc_objects(os.path.join(data_dir, "Annotations", f"{voc_id}.xml"), category)
+            raise FileNotFoundError(f"{image}: image file is missing (listed in {split_path(data_dir, split)})")
+        (height, width), objects = read_voc_objects(annotation, category)
         out["images"].append(dict(id=n, file_name=f"{voc_id}.jpg", width=width, height=height))
-        for name, (x1, y1, x2, y2), difficult in objects:
-            out["annotations"].append(_annotation(len(out["annotations"]) + 1, n, category[name],
-                                                  [x1 - 1, y1 - 1, x2 - 1, y2 - 1], difficult))
+        for name, box, difficult in objects:
+            out["annotations"].append(_annotation(len(out["annotations"]) + 1, n, category[name], box, difficult))
     return out
-
-
-def write_json_atomic(path, obj, indent=None):
-    """Write obj as JSON to path through a temporary file: the old file, or the whole new one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def voc_ids(file_names, json_path):
@@ -188,10 +137,10 @@ def coco_to_voc_folder(json_path, images_dir, out_dir, split=None, link=False, p
             # whole pixels, as VOC stores them; a box under a pixel wide must not turn inside out
             boxes = np.round(a["boxes"].astype(np.float64))
             boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2])
-            write_voc_xml(os.path.join(tmp, "Annotations", f"{ids[i]}.xml"), f"{ids[i]}.jpg",
-                          dataset.image_size(i), boxes, names, a["difficult"])
-            _place_image(dataset.image_path(i), os.path.join(tmp, "JPEGImages", f"{ids[i]}.jpg"), link)
-        with open(os.path.join(tmp, "ImageSets", "Main", f"{split}.txt"), "w", encoding="utf-8") as f:
+            annotation, image = voc_paths(tmp, ids[i])
+            write_voc_xml(annotation, f"{ids[i]}.jpg", dataset.image_size(i), boxes, names, a["difficult"])
+            _place_image(dataset.image_path(i), image, link)
+        with open(split_path(tmp, split), "w", encoding="utf-8") as f:
             f.writelines(f"{voc_id}\n" for voc_id in ids)
         with open(os.path.join(tmp, "classes.txt"), "w", encoding="utf-8") as f:
             f.writelines(f"{name}\n" for name in dataset.class_names)
@@ -230,9 +179,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         if args.command == "voc2coco":
-            classes = args.classes.split(",") if args.classes else None
-            coco = voc_folder_to_coco(args.data_dir, args.split, classes)
-            write_json_atomic(args.out, coco)
+            coco = voc_folder_to_coco(args.data_dir, args.split, parse_classes(args.classes))
+            with atomic_write(args.out, "w", encoding="utf-8") as f:
+                json.dump(coco, f)
             print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} objects, "
                   f"{len(coco['categories'])} categories")
         else:

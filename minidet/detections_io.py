@@ -21,7 +21,8 @@ import os
 
 import numpy as np
 
-from minidet.data.coco import box_to_coco, coco_ids, coco_to_box
+from minidet.atomic import atomic_write
+from minidet.data.coco import box_to_coco, coco_ids, coco_to_box, is_finite_number, read_json
 
 CSV_HEADER = ("image_id", "class", "score", "x1", "y1", "x2", "y2")
 
@@ -58,22 +59,16 @@ def _plain(value):
     return int(value) if isinstance(value, (int, np.integer)) else value
 
 
-def _write_atomic(path, text):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _write_text(path, text):
+    """Write text as UTF-8, newlines as they are, atomically (minidet.atomic); returns path."""
+    with atomic_write(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
     return path
 
 
 def write_coco_results(path, boxes, labels, scores, image_ids, category_ids):
     """Write COCO results JSON (see coco_results); returns path."""
-    return _write_atomic(path, json.dumps(coco_results(boxes, labels, scores, image_ids, category_ids)))
+    return _write_text(path, json.dumps(coco_results(boxes, labels, scores, image_ids, category_ids)))
 
 
 def write_csv(path, boxes, labels, scores, image_names, class_names):
@@ -86,7 +81,7 @@ def write_csv(path, boxes, labels, scores, image_names, class_names):
     for name, (b, l, s) in zip(image_names, _per_image(boxes, labels, scores)):
         for box, label, score in zip(b, l, s):
             writer.writerow([name, class_names[int(label) - 1], repr(float(score))] + [repr(float(v)) for v in box])
-    return _write_atomic(path, text.getvalue())
+    return _write_text(path, text.getvalue())
 
 
 def write_detections(path, dataset, boxes, labels, scores):
@@ -100,19 +95,9 @@ def write_detections(path, dataset, boxes, labels, scores):
     raise ValueError(f"{path}: detections are written as .json (COCO results) or .csv, not {ext or 'no extension'}")
 
 
-def _finite(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def read_coco_results(path):
     """A COCO results file as a list of dicts, each checked for image_id, category_id, bbox (4 numbers), score."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: detections file is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DetectionsError(f"{path}: malformed JSON ({e})") from None
+    results = read_json(path, "detections", DetectionsError)
     check_result_entries(results, path)
     return results
 
@@ -127,9 +112,9 @@ def check_result_entries(results, source):
         if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= set(r):
             raise DetectionsError(f"{where} is {r!r}, not an object with image_id, category_id, bbox and score")
         bbox = r["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite_number(v) for v in bbox)):
             raise DetectionsError(f"{where}: bbox {bbox!r} is not four finite numbers [x, y, w, h]")
-        if not _finite(r["score"]):
+        if not is_finite_number(r["score"]):
             raise DetectionsError(f"{where}: score {r['score']!r} is not a finite number")
 
 
@@ -137,14 +122,21 @@ def check_coco_results(results, image_ids, category_ids, source):
     """check_result_entries, and DetectionsError (naming `source` and the entry) for a result of an image
     or category that image_ids / category_ids do not hold."""
     check_result_entries(results, source)
-    images, categories = set(image_ids), set(category_ids)
-    for k, r in enumerate(results):
-        if r["image_id"] not in images:
-            raise DetectionsError(f"{source}: detection {k} is of image_id {r['image_id']!r}, "
+    _check_references(source, [(f"detection {k}", r["image_id"], r["category_id"]) for k, r in enumerate(results)],
+                      set(image_ids), set(category_ids), ("image_id", "category_id"),
+                      f"the categories are {sorted(set(category_ids))}")
+
+
+def _check_references(source, entries, images, classes, fields, listing):
+    """DetectionsError naming `source` and the entry for the first entry (where, image, class) whose
+    image is not among `images` or whose class is not among `classes`; `fields` name the entries'
+    image and class for the message, `listing` says what the classes are."""
+    for where, image, cls in entries:
+        if image not in images:
+            raise DetectionsError(f"{source}: {where} is of {fields[0]} {image!r}, "
                                   f"which is not among the data set's {len(images)} images")
-        if r["category_id"] not in categories:
-            raise DetectionsError(f"{source}: detection {k} has category_id {r['category_id']!r}; "
-                                  f"the categories are {sorted(categories)}")
+        if cls not in classes:
+            raise DetectionsError(f"{source}: {where} has {fields[1]} {cls!r}; {listing}")
 
 
 def _read_csv(path):
@@ -192,13 +184,10 @@ def load_detections(path, dataset):
     elif ext == ".csv":
         index = {str(image_id): i for i, image_id in enumerate(dataset.ids)}
         label = {name: k + 1 for k, name in enumerate(dataset.class_names)}
-        for n, image_id, name, score, box in _read_csv(path):
-            if image_id not in index:
-                raise DetectionsError(f"{path}: line {n} is of image {image_id!r}, which is not among the "
-                                      f"data set's {len(index)} images")
-            if name not in label:
-                raise DetectionsError(f"{path}: line {n} has class {name!r}; the classes are "
-                                      f"{', '.join(dataset.class_names)}")
+        rows = _read_csv(path)
+        _check_references(path, [(f"line {n}", image_id, name) for n, image_id, name, _, _ in rows], index, label,
+                          ("image", "class"), f"the classes are {', '.join(dataset.class_names)}")
+        for _, image_id, name, score, box in rows:
             per_image[index[image_id]].append((box, label[name], score))
     else:
         raise DetectionsError(f"{path}: detections are read from .json (COCO results) or .csv, "

@@ -18,18 +18,8 @@ import time
 
 import numpy as np
 
+from minidet.arguments import parse_scales
 from minidet.evaluate import eval_detection_voc
-
-
-def parse_scales(text):
-    """"480,576,688" -> (480, 576, 688): test scales from the command line (positive integers)."""
-    try:
-        scales = tuple(int(part) for part in str(text).split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"test scales must be integers separated by commas, got {text!r}") from None
-    if not scales or min(scales) < 1:
-        raise ValueError(f"test scales must be positive integers separated by commas, got {text!r}")
-    return scales
 
 
 def detect_dataset(model, dataset, proposals, convention, scale=600, max_size=1000, device="cpu",
@@ -156,7 +146,7 @@ def scales_from_arguments(args):
     """The test scale(s) of parsed add_scale_arguments: None (the model's), an int, or a tuple."""
     if args.scale is not None and args.test_scales is not None:
         raise ValueError("give --scale or --test-scales, not both")
-    return parse_scales(args.test_scales) if args.test_scales is not None else args.scale
+    return parse_scales(args.test_scales, "test scales") if args.test_scales is not None else args.scale
 
 
 def main(argv=None):

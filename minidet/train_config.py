@@ -1,9 +1,10 @@
 """A training run's settings: one dataclass, saved in every checkpoint and in OUT/config.json, and the
 command-line options that set each of its fields (`--field-name VALUE`), generated from it."""
-import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
+
+from minidet.arguments import parse_bool, parse_classes, parse_scales
 
 
 @dataclass
@@ -69,24 +70,6 @@ class TrainConfig:
         if d.get("class_names") is not None:
             d["class_names"] = tuple(d["class_names"])
         return cls(**d)
-
-
-def parse_scales(text):
-    """"480,576" -> (480, 576)."""
-    return tuple(int(s) for s in str(text).split(",") if s.strip())
-
-
-def parse_classes(text):
-    """"RBC, WBC" -> ("RBC", "WBC"); "" -> None."""
-    return None if not text else tuple(s.strip() for s in text.split(",") if s.strip())
-
-
-def parse_bool(text):
-    if str(text).lower() in ("1", "true", "yes", "on"):
-        return True
-    if str(text).lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 _PARSERS = {"scales": parse_scales, "class_names": parse_classes, "model_kwargs": json.loads}

@@ -184,6 +184,14 @@ def test_voc2coco_rejects_an_inside_out_box(tmp_path):
         voc_folder_to_coco(root)
 
 
+def test_voc2coco_checks_the_xml_as_the_voc_reader_does(tmp_path):
+    root = write_folder(tmp_path / "voc", {"a": (40, 60, [("cat", 1, 2, 64, 20, 0)])})
+    for read in (voc_folder_to_coco, VOCDataset):
+        with pytest.raises(AnnotationError, match=r"a.xml: object 0 \(cat\) box \(1, 2, 64, 20\) lies outside "
+                                                  r"the 60x40 image"):
+            read(root)
+
+
 def test_convert_help_names_both_directions(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--help"])

@@ -23,6 +23,7 @@ import subprocess
 import pytest
 
 from minidet.ops.cuda import compile_options
+from minidet.ops.cuda import source as cuda_source
 
 CUDA_DIR = os.path.join(os.path.dirname(__file__), "..", "minidet", "ops", "cuda")
 SOURCES = sorted(glob.glob(os.path.join(CUDA_DIR, "*.cu")))
@@ -96,8 +97,7 @@ def cupy_nvrtc():
 @pytest.mark.parametrize("scalar", SCALARS)
 @pytest.mark.parametrize("source", SOURCES, ids=os.path.basename)
 def test_cuda_source_compiles_with_nvrtc_as_cupy_compiles_it(cupy_nvrtc, source, scalar, arch, monkeypatch):
-    with open(source) as f:
-        text = f.read()
+    text = cuda_source(os.path.basename(source))           # with its headers inlined, as RawKernel gets it
     options = cupy_nvrtc.options(compile_options(scalar) + PTXAS_WARNINGS[scalar])
     binary, log = cupy_nvrtc.compile(text, options, arch, monkeypatch)
     assert len(binary) > 0

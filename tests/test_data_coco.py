@@ -203,12 +203,14 @@ def test_serves_the_loader_like_a_voc_dataset(coco):
 
 
 def test_agrees_with_voc_reader_on_a_converted_folder(tmp_path):
-    from minidet.convert import voc_folder_to_coco, write_json_atomic
+    from minidet.convert import voc_folder_to_coco
     from minidet.data.synthetic import write_synthetic_voc
 
     root = write_synthetic_voc(tmp_path / "syn", num_trainval=4, num_test=1, image_size=(48, 64))
     voc = VOCDataset(root, "trainval")
-    path = write_json_atomic(str(tmp_path / "trainval.json"), voc_folder_to_coco(root, "trainval"))
+    path = str(tmp_path / "trainval.json")
+    with open(path, "w") as f:
+        json.dump(voc_folder_to_coco(root, "trainval"), f)
     ds = COCODataset(path, os.path.join(root, "JPEGImages"))
     assert ds.class_names == voc.class_names and len(ds) == len(voc)
     for i in range(len(voc)):
@@ -235,14 +237,16 @@ def test_serves_proposals_and_voc_evaluation_like_a_voc_dataset(coco, tmp_path):
 
 
 def test_trains_like_a_voc_dataset(tmp_path):
-    from minidet.convert import voc_folder_to_coco, write_json_atomic
+    from minidet.convert import voc_folder_to_coco
     from minidet.data.synthetic import write_synthetic_voc
     from minidet.checkpoint import load_npz
     from minidet.train import train
     from minidet.train_config import TrainConfig
 
     root = write_synthetic_voc(tmp_path / "syn", num_trainval=4, num_test=1, image_size=(64, 80))
-    path = write_json_atomic(str(tmp_path / "trainval.json"), voc_folder_to_coco(root, "trainval"))
+    path = str(tmp_path / "trainval.json")
+    with open(path, "w") as f:
+        json.dump(voc_folder_to_coco(root, "trainval"), f)
     ds = COCODataset(path, os.path.join(root, "JPEGImages"))
     rng = np.random.default_rng(0)
     proposals = []

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from minidet.convention import CAFFE
+from minidet.data.dataset import DatasetSubset
 from minidet.data.loader import BatchLoader
 from minidet.data.synthetic import write_synthetic_voc
 from minidet.data.voc import VOCDataset
-from minidet.distributed import (Communicator, DatasetShard, SingleProcess, choose_backend, merge_shards,
-                                 scale_schedule)
+from minidet.distributed import Communicator, SingleProcess, choose_backend, merge_shards, scale_schedule
 from minidet.distributed.communicators import NCCLCommunicator
 from minidet.distributed.flat import FlatBuffer, gradient_buffer, pack_step, unpack_step
 from minidet.losses import fast_rcnn_loss
@@ -263,7 +263,7 @@ def test_shards_and_their_merge_are_inverse(tiny):
         merge_shards([["a", "b"], ["c", "d"], ["e"]], 6)
     gathered = run_ranks(3, lambda comm: comm.gather_to_root([i * i for i in comm.shard(range(8))], 8))
     assert gathered == [[i * i for i in range(8)], None, None]
-    shard = DatasetShard(dataset, [3, 1])
+    shard = DatasetSubset(dataset, [3, 1])
     assert len(shard) == 2 and shard.ids == [dataset.ids[3], dataset.ids[1]]
     assert shard.image_path(0) == dataset.image_path(3) and shard.annotation(1)["id"] == dataset.ids[1]
     np.testing.assert_array_equal(shard.load_image(1), dataset.load_image(1))

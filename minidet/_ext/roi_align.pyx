@@ -6,12 +6,12 @@ A RoI's points are separable: a point's row depends on (ph, iy) only and its col
 only, so each axis's coordinates, cells and weights are computed once per RoI (`axis_points`),
 not once per bin, channel or point, and a point's four weights are the products of its two axes'.
 
-Forward: the map is copied to NHWC (minidet._ext.roi_pool.nchw_to_nhwc), so that a cell's C channels
+Forward: the map is copied to NHWC (minidet/_ext/nhwc.pyx), so that a cell's C channels
 are contiguous, and every point adds its four weighted cells into the bin's C running sums: a SIMD
 loop over channels, each channel still summed point after point, tap after tap, as in torchvision.
 A RoI's (bin, channel) averages are then transposed into y[r] (C, PH*PW). Parallel over RoIs.
 
-Backward: dx is accumulated in NHWC and transposed at the end. Parallel over blocks of channels:
+Backward: dx is accumulated in NHWC and copied back to NCHW at the end. Parallel over blocks of channels:
 a thread owns dx[:, :, :, c0:c1] and walks every RoI, bin, point and tap in order, so every
 element adds its contributions in the order of the reference, no two threads write one element,
 and the result is the same on any number of threads. dy[r, c0:c1] is first transposed into a
@@ -21,7 +21,8 @@ Division by the point count: v / count and v * (1 / count) are the same number w
 a power of two (both are v / count correctly rounded), as for sampling_ratio 2 (4 points); the
 kernels multiply then, and divide otherwise.
 
-Both release the GIL and run on the calling thread unless use_threads (see minidet/ops/roi_align.py).
+Both release the GIL and run on the calling thread unless use_threads (see minidet/ops/roi_align.py),
+and both take rois (R, 5) whose batch indices rois[:, 0] the caller has checked.
 """
 from cython.parallel cimport parallel, prange
 from libc.math cimport ceil
@@ -84,7 +85,9 @@ cdef void axis_points(real start, real bin_size, int pooled, int grid, int size,
 
 
 cdef struct Scratch:
-    # One thread's tables of one RoI's points: rows (PH * gh entries), then columns (PW * gw).
+    # One thread's work area (`work` reals: the forward's bin sums, the backward's block of dy) and its
+    # tables of one RoI's points: rows (PH * gh entries), then columns (PW * gw).
+    void* work
     int gh
     int gw
     int* inside
@@ -94,16 +97,20 @@ cdef struct Scratch:
     void* h
 
 
-cdef Scratch* new_scratch(int entries, size_t real_size) noexcept nogil:
-    """Room for `entries` points in one block (NULL without memory; free() it). A pointer, so that
-    each thread of a parallel block assigns its own (OpenMP makes assigned variables private)."""
-    cdef char* block = <char*> malloc(sizeof(Scratch) + <size_t> entries * (2 * real_size + 3 * sizeof(int)))
+cdef Scratch* new_scratch(int entries, size_t work, size_t real_size) noexcept nogil:
+    """Room for `work` reals and `entries` points in one block (NULL without memory; free() it). A
+    pointer, so that each thread of a parallel block assigns its own (OpenMP makes assigned variables
+    private)."""
+    cdef size_t head = (sizeof(Scratch) + 63) // 64 * 64     # the work area as aligned as malloc's
+    cdef char* block = <char*> malloc(head + (work + 2 * <size_t> entries) * real_size
+                                      + <size_t> entries * 3 * sizeof(int))
     cdef Scratch* s = <Scratch*> block
     if block == NULL:
         return NULL
-    s.l = block + sizeof(Scratch)                    # the reals first: aligned after the struct
-    s.h = block + sizeof(Scratch) + entries * real_size
-    s.inside = <int*> (block + sizeof(Scratch) + 2 * entries * real_size)
+    s.work = block + head                            # the reals first, then the ints
+    s.l = block + head + work * real_size
+    s.h = block + head + (work + entries) * real_size
+    s.inside = <int*> (block + head + (work + 2 * entries) * real_size)
     s.lo = s.inside + entries
     s.hi = s.lo + entries
     return s
@@ -138,17 +145,36 @@ cdef int largest_table(const real[:, ::1] rois, real scale, int pooled_h, int po
     return most
 
 
+cdef inline bint point_cells(const Scratch* s, int ky, int kx, int W, int C, Py_ssize_t* cells,
+                             real* weights) noexcept nogil:
+    """The point of row ky and column kx of s: False when it reads nothing, else its four cells
+    (offsets into an NHWC image, C values a cell) and their weights w1..w4, in the reference's order."""
+    cdef const real* l = <real*> s.l
+    cdef const real* h = <real*> s.h
+    if not (s.inside[ky] and s.inside[kx]):
+        return False
+    weights[0] = h[ky] * h[kx]
+    weights[1] = h[ky] * l[kx]
+    weights[2] = l[ky] * h[kx]
+    weights[3] = l[ky] * l[kx]
+    cells[0] = <Py_ssize_t> (s.lo[ky] * W + s.lo[kx]) * C
+    cells[1] = <Py_ssize_t> (s.lo[ky] * W + s.hi[kx]) * C
+    cells[2] = <Py_ssize_t> (s.hi[ky] * W + s.lo[kx]) * C
+    cells[3] = <Py_ssize_t> (s.hi[ky] * W + s.hi[kx]) * C
+    return True
+
+
 cdef void average_bins(const real* xn, int W, int C, int pooled_h, int pooled_w, const Scratch* s,
                        real* sums) noexcept nogil:
     """sums (PH*PW, C): each bin's average over the points in s, of xn = x_nhwc[n] (H, W, C)."""
     cdef int gh = s.gh, gw = s.gw, rows = pooled_h * s.gh if s.gh > 0 else 0
-    cdef const real* l = <real*> s.l
-    cdef const real* h = <real*> s.h
     cdef int count = gh * gw if gh * gw > 1 else 1
     cdef bint power_of_two = (count & (count - 1)) == 0
     cdef real inverse = <real> 1 / <real> count
-    cdef int ph, pw, iy, ix, ky, kx, c
+    cdef int ph, pw, iy, ix, c
+    cdef real w[4]
     cdef real w1, w2, w3, w4
+    cdef Py_ssize_t cells[4]
     cdef real* acc
     cdef const real* v1
     cdef const real* v2
@@ -160,21 +186,11 @@ cdef void average_bins(const real* xn, int W, int C, int pooled_h, int pooled_w,
             for c in range(C):
                 acc[c] = 0
             for iy in range(gh):
-                ky = ph * gh + iy
-                if not s.inside[ky]:
-                    continue
                 for ix in range(gw):
-                    kx = rows + pw * gw + ix
-                    if not s.inside[kx]:
+                    if not point_cells(s, ph * gh + iy, rows + pw * gw + ix, W, C, cells, w):
                         continue
-                    w1 = h[ky] * h[kx]
-                    w2 = h[ky] * l[kx]
-                    w3 = l[ky] * h[kx]
-                    w4 = l[ky] * l[kx]
-                    v1 = xn + <Py_ssize_t> (s.lo[ky] * W + s.lo[kx]) * C
-                    v2 = xn + <Py_ssize_t> (s.lo[ky] * W + s.hi[kx]) * C
-                    v3 = xn + <Py_ssize_t> (s.hi[ky] * W + s.lo[kx]) * C
-                    v4 = xn + <Py_ssize_t> (s.hi[ky] * W + s.hi[kx]) * C
+                    w1, w2, w3, w4 = w[0], w[1], w[2], w[3]        # scalars: the channel loop reads no array
+                    v1, v2, v3, v4 = xn + cells[0], xn + cells[1], xn + cells[2], xn + cells[3]
                     for c in range(C):
                         acc[c] = acc[c] + (((w1 * v1[c] + w2 * v2[c]) + w3 * v3[c]) + w4 * v4[c])
             if power_of_two:
@@ -188,41 +204,34 @@ cdef void average_bins(const real* xn, int W, int C, int pooled_h, int pooled_w,
 def roi_align_forward(const real[:, :, :, ::1] x_nhwc, const real[:, ::1] rois, real[:, :, ::1] y,
                       int pooled_h, int pooled_w, double spatial_scale, int sampling_ratio, bint aligned,
                       bint use_threads=False):
-    """y (R, C, PH*PW) from x_nhwc (N, H, W, C) and rois (R, 5); H, W >= 1.
-
-    rois[:, 0] must already be valid batch indices (checked by the caller).
-    """
+    """y (R, C, PH*PW) from x_nhwc (N, H, W, C) and rois (R, 5); H, W >= 1."""
     cdef int H = x_nhwc.shape[1], W = x_nhwc.shape[2], C = x_nhwc.shape[3]
     cdef Py_ssize_t R = rois.shape[0]
     cdef int B = pooled_h * pooled_w
     cdef real scale = <real> spatial_scale
-    cdef Py_ssize_t image_size = <Py_ssize_t> H * W * C
-    cdef int entries, b, c
+    cdef int entries = largest_table(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned)
+    cdef int b, c
     cdef Py_ssize_t r
     cdef Scratch* s = NULL
-    cdef real* sums = NULL
+    cdef real* sums
     cdef real* out
     cdef int[::1] out_of_memory = np.zeros(1, dtype=np.intc)
     if R == 0 or C == 0 or B == 0:
         return
-    with nogil:
-        entries = largest_table(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned)
     with nogil, parallel(use_threads_if=use_threads):
-        s = new_scratch(entries, sizeof(real))
-        sums = <real*> malloc(<size_t> B * C * sizeof(real))
+        s = new_scratch(entries, <size_t> B * C, sizeof(real))      # the work area: the bins' sums
         for r in prange(R, schedule="dynamic", chunksize=4):
-            if s == NULL or sums == NULL:
+            if s == NULL:
                 out_of_memory[0] = 1
             else:
+                sums = <real*> s.work
                 roi_points(&rois[r, 0], scale, pooled_h, pooled_w, sampling_ratio, aligned, H, W, s)
-                average_bins(&x_nhwc[0, 0, 0, 0] + <Py_ssize_t> rois[r, 0] * image_size, W, C,
-                             pooled_h, pooled_w, s, sums)
+                average_bins(&x_nhwc[<Py_ssize_t> rois[r, 0], 0, 0, 0], W, C, pooled_h, pooled_w, s, sums)
                 out = &y[r, 0, 0]
                 for c in range(C):
                     for b in range(B):
                         out[c * B + b] = sums[<Py_ssize_t> b * C + c]
         free(s)
-        free(sums)
     if out_of_memory[0]:
         raise MemoryError("roi_align_forward: no memory for the per-thread scratch")
 
@@ -239,6 +248,31 @@ cdef inline void add_share(real* row, const real* g, real w, int n, int count, b
             row[c] = row[c] + (g[c] * w) / <real> count
 
 
+cdef void spread_bins(const real* g, int nc, int W, int C, int pooled_h, int pooled_w, const Scratch* s,
+                      real* dxn) noexcept nogil:
+    """dxn += each bin's share of g (PH*PW, nc) at the points in s: dxn = &dx_nhwc[n, 0, 0, c0], nc channels
+    from c0 on. The local arrays are the thread's own (a function's stack, not the parallel block's)."""
+    cdef int gh = s.gh, gw = s.gw, rows = pooled_h * s.gh
+    cdef int count = gh * gw
+    cdef bint power_of_two = (count & (count - 1)) == 0
+    cdef real inverse = <real> 1 / <real> count
+    cdef int ph, pw, iy, ix
+    cdef real w[4]
+    cdef Py_ssize_t cells[4]
+    cdef const real* gb
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            gb = g + (ph * pooled_w + pw) * nc
+            for iy in range(gh):
+                for ix in range(gw):
+                    if not point_cells(s, ph * gh + iy, rows + pw * gw + ix, W, C, cells, w):
+                        continue
+                    add_share(dxn + cells[0], gb, w[0], nc, count, power_of_two, inverse)
+                    add_share(dxn + cells[1], gb, w[1], nc, count, power_of_two, inverse)
+                    add_share(dxn + cells[2], gb, w[2], nc, count, power_of_two, inverse)
+                    add_share(dxn + cells[3], gb, w[3], nc, count, power_of_two, inverse)
+
+
 def roi_align_backward(const real[:, :, ::1] dy, const real[:, ::1] rois, real[:, :, :, ::1] dx_nhwc,
                        int pooled_h, int pooled_w, double spatial_scale, int sampling_ratio, bint aligned,
                        bint use_threads=False):
@@ -247,93 +281,34 @@ def roi_align_backward(const real[:, :, ::1] dy, const real[:, ::1] rois, real[:
     cdef Py_ssize_t R = dy.shape[0]
     cdef int B = pooled_h * pooled_w
     cdef real scale = <real> spatial_scale
-    cdef Py_ssize_t image_size = <Py_ssize_t> H * W * C
+    cdef int entries = largest_table(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned)
     cdef int nblocks = (C + BACKWARD_CHANNEL_BLOCK - 1) // BACKWARD_CHANNEL_BLOCK
-    cdef int block, c0, nc, c, b, gh, gw, rows, ph, pw, iy, ix, ky, kx, count, entries
-    cdef bint power_of_two
-    cdef real inverse, w1, w2, w3, w4
+    cdef int block, c0, nc, c, b
     cdef Py_ssize_t r
     cdef Scratch* s = NULL
-    cdef const real* l
-    cdef const real* h
-    cdef real* g = NULL
-    cdef real* gb
-    cdef real* dxn
+    cdef real* g
     cdef const real* d
     cdef int[::1] out_of_memory = np.zeros(1, dtype=np.intc)
     if R == 0 or C == 0 or B == 0:
         return
-    with nogil:
-        entries = largest_table(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned)
     with nogil, parallel(use_threads_if=use_threads):
-        s = new_scratch(entries, sizeof(real))
-        g = <real*> malloc(<size_t> B * BACKWARD_CHANNEL_BLOCK * sizeof(real))
+        s = new_scratch(entries, <size_t> B * BACKWARD_CHANNEL_BLOCK, sizeof(real))   # the work area: g
         for block in prange(nblocks, schedule="dynamic"):
-            if s == NULL or g == NULL:
+            if s == NULL:
                 out_of_memory[0] = 1
                 continue
+            g = <real*> s.work
             c0 = block * BACKWARD_CHANNEL_BLOCK
             nc = C - c0 if C - c0 < BACKWARD_CHANNEL_BLOCK else BACKWARD_CHANNEL_BLOCK
-            l = <real*> s.l
-            h = <real*> s.h
             for r in range(R):
                 roi_points(&rois[r, 0], scale, pooled_h, pooled_w, sampling_ratio, aligned, H, W, s)
-                gh = s.gh
-                gw = s.gw
-                if gh <= 0 or gw <= 0:
+                if s.gh <= 0 or s.gw <= 0:
                     continue  # no point: nothing to send back
-                rows = pooled_h * gh
-                count = gh * gw
-                power_of_two = (count & (count - 1)) == 0
-                inverse = <real> 1 / <real> count
                 for c in range(nc):  # dy[r, c0:c0+nc] (channel, bin) -> g (bin, channel)
                     d = &dy[r, c0 + c, 0]
                     for b in range(B):
                         g[b * nc + c] = d[b]
-                dxn = &dx_nhwc[0, 0, 0, 0] + <Py_ssize_t> rois[r, 0] * image_size + c0
-                for ph in range(pooled_h):
-                    for pw in range(pooled_w):
-                        gb = g + (ph * pooled_w + pw) * nc
-                        for iy in range(gh):
-                            ky = ph * gh + iy
-                            if not s.inside[ky]:
-                                continue
-                            for ix in range(gw):
-                                kx = rows + pw * gw + ix
-                                if not s.inside[kx]:
-                                    continue
-                                w1 = h[ky] * h[kx]
-                                w2 = h[ky] * l[kx]
-                                w3 = l[ky] * h[kx]
-                                w4 = l[ky] * l[kx]
-                                add_share(dxn + <Py_ssize_t> (s.lo[ky] * W + s.lo[kx]) * C, gb, w1, nc,
-                                          count, power_of_two, inverse)
-                                add_share(dxn + <Py_ssize_t> (s.lo[ky] * W + s.hi[kx]) * C, gb, w2, nc,
-                                          count, power_of_two, inverse)
-                                add_share(dxn + <Py_ssize_t> (s.hi[ky] * W + s.lo[kx]) * C, gb, w3, nc,
-                                          count, power_of_two, inverse)
-                                add_share(dxn + <Py_ssize_t> (s.hi[ky] * W + s.hi[kx]) * C, gb, w4, nc,
-                                          count, power_of_two, inverse)
+                spread_bins(g, nc, W, C, pooled_h, pooled_w, s, &dx_nhwc[<Py_ssize_t> rois[r, 0], 0, 0, c0])
         free(s)
-        free(g)
     if out_of_memory[0]:
         raise MemoryError("roi_align_backward: no memory for the per-thread scratch")
-
-
-def nhwc_to_nchw(const real[:, :, :, ::1] x, real[:, :, :, ::1] out, bint use_threads=False):
-    """out[n, c, h, w] = x[n, h, w, c]; parallel over the rows (n, c, h) of out when use_threads."""
-    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
-    cdef Py_ssize_t row, n, c, h, w
-    cdef const real* src
-    cdef real* dst
-    if N * C * H * W == 0:
-        return
-    with nogil:
-        for row in prange(N * C * H, schedule="static", use_threads_if=use_threads):
-            n = row // (C * H)
-            c = row // H % C
-            h = row % H
-            src = &x[n, h, 0, c]
-            dst = &out[n, c, h, 0]
-            for w in range(W):
-                dst[w] = src[w * C]

@@ -1,8 +1,8 @@
 """RoI max pooling on the CPU. The mathematics (the rounding of the corners, the bins, the
 argmax) is written in minidet/ops/roi_pool.py; this file adds only its CPU layout.
 
-Forward: the map is first copied to NHWC, so that one feature cell holds all C channels
-contiguously. A RoI's bin edges are computed once (not once per channel), and every bin then
+Forward: the map is first copied to NHWC (minidet/_ext/nhwc.pyx), so that one feature cell holds
+all C channels contiguously. A RoI's bin edges are computed once (not once per channel), and every bin then
 runs a max over whole channel rows: `for c: if v[c] > m[c]: m[c] = v[c]; i[c] = idx`, written
 branch-free so that the compiler turns it into SIMD compares and blends (float32; the float64
 loop stays scalar). The (bin, channel) result of one RoI is then transposed into y[r]
@@ -50,25 +50,6 @@ cdef inline void bin_edges(real first, real last, real scale, int pooled, int si
     for p in range(pooled):
         lo[p] = clip_int(<int> floor(<real> p * bin_size) + start, 0, size)
         hi[p] = clip_int(<int> ceil(<real> (p + 1) * bin_size) + start, 0, size)
-
-
-def nchw_to_nhwc(const real[:, :, :, ::1] x, real[:, :, :, ::1] out):
-    """out[n, h, w, c] = x[n, c, h, w]; parallel over the rows (n, h) of out."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t row, n, h, c, w
-    cdef const real* src
-    cdef real* dst
-    if N * C * H * W == 0:
-        return
-    with nogil:
-        for row in prange(N * H, schedule="static"):
-            n = row // H
-            h = row % H
-            dst = &out[n, h, 0, 0]
-            for c in range(C):
-                src = &x[n, c, h, 0]
-                for w in range(W):
-                    dst[w * C + c] = src[w]
 
 
 cdef void pool_one_roi(const real* xn, int W, int C, int pooled_h, int pooled_w,
@@ -142,16 +123,12 @@ cdef void bins_to_channels(const real* values, const int* indices, int B, int C,
 def roi_pool_forward(const real[:, :, :, ::1] x_nhwc, const real[:, ::1] rois,
                      real[:, :, ::1] y, int[:, :, ::1] argmax,
                      int pooled_h, int pooled_w, double spatial_scale):
-    """y (R, C, PH*PW) and argmax (R, C, PH*PW) from x_nhwc (N, H, W, C) and rois (R, 5).
-
-    rois[:, 0] must already be valid batch indices (checked by the caller).
-    """
+    """y (R, C, PH*PW) and argmax (R, C, PH*PW) from x_nhwc (N, H, W, C) and rois (R, 5) whose batch
+    indices rois[:, 0] the caller has checked."""
     cdef int H = x_nhwc.shape[1], W = x_nhwc.shape[2], C = x_nhwc.shape[3]
     cdef Py_ssize_t R = rois.shape[0]
     cdef int B = pooled_h * pooled_w
     cdef real scale = <real> spatial_scale
-    cdef Py_ssize_t image_size = <Py_ssize_t> H * W * C
-    cdef const real* x0
     cdef Py_ssize_t r
     cdef int* edges = NULL
     cdef real* values = NULL
@@ -159,7 +136,6 @@ def roi_pool_forward(const real[:, :, :, ::1] x_nhwc, const real[:, ::1] rois,
     cdef int[::1] out_of_memory = np.zeros(1, dtype=np.intc)
     if R == 0 or C == 0:
         return
-    x0 = &x_nhwc[0, 0, 0, 0]
     with nogil, parallel():
         # Per-thread scratch: one RoI's bin edges (h_lo, h_hi, w_lo, w_hi) and its (bin, channel) maxima.
         edges = <int*> malloc(2 * (pooled_h + pooled_w) * sizeof(int))
@@ -172,7 +148,7 @@ def roi_pool_forward(const real[:, :, :, ::1] x_nhwc, const real[:, ::1] rois,
                 bin_edges(rois[r, 2], rois[r, 4], scale, pooled_h, H, edges, edges + pooled_h)
                 bin_edges(rois[r, 1], rois[r, 3], scale, pooled_w, W,
                           edges + 2 * pooled_h, edges + 2 * pooled_h + pooled_w)
-                pool_one_roi(x0 + <int> rois[r, 0] * image_size, W, C, pooled_h, pooled_w,
+                pool_one_roi(&x_nhwc[<int> rois[r, 0], 0, 0, 0], W, C, pooled_h, pooled_w,
                              edges, edges + pooled_h, edges + 2 * pooled_h, edges + 2 * pooled_h + pooled_w,
                              values, indices)
                 bins_to_channels(values, indices, B, C, &y[r, 0, 0], &argmax[r, 0, 0])

@@ -26,10 +26,10 @@ import json
 import math
 import os
 
-import cv2
 import numpy as np
 
-from minidet.data.voc import BORDER_TOLERANCE, AnnotationError
+from minidet.data.dataset import AnnotationError, ImageDataset
+from minidet.data.voc import BORDER_TOLERANCE
 
 
 def box_to_coco(boxes):
@@ -53,15 +53,21 @@ def coco_ids(dataset):
     return list(range(1, len(dataset) + 1)), list(range(1, len(dataset.class_names) + 1))
 
 
-def read_json(path):
-    """The parsed JSON of a file; AnnotationError naming the file when it is not JSON."""
+def read_json(path, kind="annotation", error=AnnotationError):
+    """The parsed JSON of a file; FileNotFoundError when it is missing ("PATH: KIND file is missing"),
+    `error` naming the file when it is not JSON."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: annotation file is missing")
+        raise FileNotFoundError(f"{path}: {kind} file is missing")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AnnotationError(f"{path}: malformed JSON ({e})") from None
+        raise error(f"{path}: malformed JSON ({e})") from None
+
+
+def is_finite_number(value):
+    """True for an int or a finite float as JSON gives them (not a bool, NaN or infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _get(entry, key, kind, where, required=True, default=None):
@@ -73,9 +79,8 @@ def _get(entry, key, kind, where, required=True, default=None):
             raise AnnotationError(f"{where} has no {key!r}")
         return default
     value = entry[key]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = {"int": number and float(value).is_integer(),
-          "number": number and math.isfinite(value),
+    ok = {"int": is_finite_number(value) and float(value).is_integer(),
+          "number": is_finite_number(value),
           "str": isinstance(value, str) and value.strip() != "",
           "flag": value in (0, 1) and not isinstance(value, float),
           "list": isinstance(value, list)}[kind]
@@ -91,6 +96,20 @@ def _section(data, key, path):
         raise AnnotationError(f"{path}: the file holds a {type(data).__name__}, not a COCO object "
                               f"with images, annotations and categories")
     return _get(data, key, "list", f"{path}")
+
+
+def _entries(data, key, path, noun):
+    """(where, id, entry) for each entry of data[key] in the file's order, its id checked to be an
+    integer that no earlier entry has; `where` names the entry (and its id) for messages."""
+    seen = set()
+    for k, entry in enumerate(_section(data, key, path)):
+        where = f"{path}: {key}[{k}]"
+        entry_id = _get(entry, "id", "int", where)
+        where = f"{where} (id {entry_id})"
+        if entry_id in seen:
+            raise AnnotationError(f"{where}: {noun} id {entry_id} is repeated")
+        seen.add(entry_id)
+        yield where, entry_id, entry
 
 
 def _categories(data, path, class_names):
@@ -123,14 +142,8 @@ def _categories(data, path, class_names):
 
 def _images(data, path):
     """The image entries, checked, in the file's order: list of dict(id, file_name, height, width)."""
-    images, seen = [], set()
-    for k, image in enumerate(_section(data, "images", path)):
-        where = f"{path}: images[{k}]"
-        image_id = _get(image, "id", "int", where)
-        where = f"{where} (id {image_id})"
-        if image_id in seen:
-            raise AnnotationError(f"{where}: image id {image_id} is repeated")
-        seen.add(image_id)
+    images = []
+    for where, image_id, image in _entries(data, "images", path, "image"):
         entry = dict(id=image_id, file_name=_get(image, "file_name", "str", where),
                      width=_get(image, "width", "int", where), height=_get(image, "height", "int", where))
         if entry["width"] < 1 or entry["height"] < 1:
@@ -151,14 +164,8 @@ def parse_coco(data, path, class_names=None):
     images = _images(data, path)
     index = {image["id"]: n for n, image in enumerate(images)}
     rows = [[] for _ in images]               # per image: (box, label, difficult, crowd)
-    ground_truth, seen = [], set()
-    for k, ann in enumerate(_section(data, "annotations", path)):
-        where = f"{path}: annotations[{k}]"
-        ann_id = _get(ann, "id", "int", where)
-        where = f"{where} (id {ann_id})"
-        if ann_id in seen:
-            raise AnnotationError(f"{where}: annotation id {ann_id} is repeated")
-        seen.add(ann_id)
+    ground_truth = []
+    for where, ann_id, ann in _entries(data, "annotations", path, "annotation"):
         image_id, cat_id = _get(ann, "image_id", "int", where), _get(ann, "category_id", "int", where)
         if image_id not in index:
             raise AnnotationError(f"{where}: image_id {image_id} is not among the images")
@@ -169,8 +176,7 @@ def parse_coco(data, path, class_names=None):
             raise AnnotationError(f"{where}: category {cat_names[cat_id]!r} (id {cat_id}) is not among "
                                   f"the classes {list(names)}")
         bbox = _get(ann, "bbox", "list", where)
-        if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                     and math.isfinite(v) for v in bbox):
+        if len(bbox) != 4 or not all(is_finite_number(v) for v in bbox):
             raise AnnotationError(f"{where}: 'bbox' is {bbox!r}, not four finite numbers [x, y, w, h]")
         x, y, w, h = (float(v) for v in bbox)
         image = images[index[image_id]]
@@ -200,7 +206,7 @@ def parse_coco(data, path, class_names=None):
                 ground_truth=dict(images=images, categories=categories, annotations=ground_truth))
 
 
-class COCODataset:
+class COCODataset(ImageDataset):
     """The images of a COCO instances file, with their annotations; the interface of VOCDataset.
 
     ds[i] -> dict(id (the COCO image id), image (H, W, 3) uint8 BGR, boxes (G, 4) float32 0-based
@@ -221,21 +227,15 @@ class COCODataset:
         self.sizes = [(image["height"], image["width"]) for image in parsed["images"]]
         self.annotations = parsed["objects"]
         self._ground_truth = parsed["ground_truth"]
-        for i in range(len(self.ids)):
-            if not os.path.isfile(self.image_path(i)):
-                raise FileNotFoundError(f"{self.image_path(i)}: image file is missing "
-                                        f"(image {self.ids[i]} of {self.json_path})")
-
-    @property
-    def num_classes(self):
-        """K + 1: the classes and the background."""
-        return len(self.class_names) + 1
-
-    def __len__(self):
-        return len(self.ids)
+        self.require_image_files()
 
     def image_path(self, i):
         return os.path.join(self.images_dir, self.file_names[i])
+
+    def listed_in(self, i):
+        return f"image {self.ids[i]} of {self.json_path}"
+
+    size_from = listed_in
 
     def image_size(self, i):
         """(H, W) as the file gives it."""
@@ -252,25 +252,6 @@ class COCODataset:
         """The file's images, categories and annotations as pycocotools reads them (bbox as written,
         area, defaulting to w * h, and iscrowd), as a new dict: a COCO ground truth for evaluation."""
         return json.loads(json.dumps(self._ground_truth))
-
-    def load_image(self, i):
-        """(H, W, 3) uint8 BGR, checked against the size in the file."""
-        path = self.image_path(i)
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise AnnotationError(f"{path}: image file is missing or cannot be decoded")
-        if image.shape[:2] != self.image_size(i):
-            raise AnnotationError(f"{path}: image is {image.shape[1]}x{image.shape[0]} but {self.json_path} "
-                                  f"says {self.image_size(i)[1]}x{self.image_size(i)[0]} (image {self.ids[i]})")
-        return image
-
-    def __getitem__(self, i):
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} images")
-        i = i % len(self)
-        example = self.annotation(i)
-        example["image"] = self.load_image(i)
-        return example
 
     def __repr__(self):
         return (f"COCODataset({self.json_path!r}, {self.images_dir!r}, {len(self)} images, "

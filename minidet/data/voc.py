@@ -18,8 +18,9 @@ import os
 import warnings
 import xml.etree.ElementTree as ET
 
-import cv2
 import numpy as np
+
+from minidet.data.dataset import AnnotationError, ImageDataset
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -30,13 +31,6 @@ VOC_CLASSES = (
 # Annotation tools disagree by a pixel about the border (0 or W+1 in 1-based terms);
 # such boxes are clipped. A box further out than this is an annotation error.
 BORDER_TOLERANCE = 1.0
-
-
-class AnnotationError(ValueError):
-    """A VOC annotation that cannot be used; the message names the file and the problem.
-
-    Missing files raise FileNotFoundError, with the same kind of message.
-    """
 
 
 def read_class_names(root, class_names=None):
@@ -66,14 +60,15 @@ def _number(node, tag, path, where):
         raise AnnotationError(f"{path}: {where} <{tag}> is not a number: {child.text.strip()!r}") from None
 
 
-def parse_voc_xml(path, class_index):
-    """Read one annotation file, every object as written.
+def read_voc_objects(path, class_index):
+    """One VOC XML as written: ((H, W), [(name, (x1, y1, x2, y2), difficult), ...]).
 
-    class_index: {name: label}. Returns dict(size=(H, W), boxes (G, 4) float32 0-based
-    pixel-inclusive (the XML's values minus 1, not clipped), labels (G,) int64, difficult (G,) bool).
-    An unknown class, a missing field, an inverted box (xmax < xmin) or a box further than
-    BORDER_TOLERANCE outside the image raises AnnotationError naming the file. The XML's <path>
-    is ignored.
+    Boxes are the XML's values minus 1 (0-based pixel-inclusive, as float), neither clipped nor dropped.
+
+    class_index: the known class names (a dict {name: label} or any container). An unknown class, a
+    missing field, an empty image size, an inverted box (xmax < xmin) or a box further than
+    BORDER_TOLERANCE outside the image raises AnnotationError naming the file and the object. The
+    XML's <path> is ignored.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: annotation file is missing")
@@ -87,11 +82,9 @@ def parse_voc_xml(path, class_index):
     width, height = _number(size, "width", path, "<size>"), _number(size, "height", path, "<size>")
     if width < 1 or height < 1:
         raise AnnotationError(f"{path}: image size {width:g}x{height:g} is empty")
-
-    boxes, labels, difficult = [], [], []
+    objects = []
     for k, obj in enumerate(root.findall("object")):
-        name_node = obj.find("name")
-        name = name_node.text.strip() if name_node is not None and name_node.text else ""
+        name = (obj.findtext("name") or "").strip()
         where = f"object {k} ({name or 'unnamed'})"
         if name not in class_index:
             raise AnnotationError(f"{path}: {where} has unknown class name {name!r}; "
@@ -107,14 +100,22 @@ def parse_voc_xml(path, class_index):
         if x1 < lo or y1 < lo or x2 > hi_x or y2 > hi_y:
             raise AnnotationError(f"{path}: {where} box ({x1 + 1:g}, {y1 + 1:g}, {x2 + 1:g}, {y2 + 1:g}) "
                                   f"lies outside the {width:g}x{height:g} image")
-        flag = obj.find("difficult")
-        boxes.append((x1, y1, x2, y2))
-        labels.append(class_index[name])
-        difficult.append(flag is not None and flag.text is not None and flag.text.strip() not in ("", "0"))
-    return dict(size=(int(height), int(width)),
-                boxes=np.array(boxes, np.float32).reshape(-1, 4),
-                labels=np.array(labels, np.int64),
-                difficult=np.array(difficult, bool))
+        difficult = (obj.findtext("difficult") or "").strip() not in ("", "0")
+        objects.append((name, (x1, y1, x2, y2), difficult))
+    return (int(height), int(width)), objects
+
+
+def parse_voc_xml(path, class_index):
+    """Read one annotation file, every object as written (read_voc_objects checks it).
+
+    class_index: {name: label}. Returns dict(size=(H, W), boxes (G, 4) float32 0-based
+    pixel-inclusive (not clipped), labels (G,) int64, difficult (G,) bool).
+    """
+    size, objects = read_voc_objects(path, class_index)
+    return dict(size=size,
+                boxes=np.array([box for _, box, _ in objects], np.float32).reshape(-1, 4),
+                labels=np.array([class_index[name] for name, _, _ in objects], np.int64),
+                difficult=np.array([difficult for _, _, difficult in objects], bool))
 
 
 def objects_for_training(annotation, path, class_names):
@@ -141,7 +142,28 @@ def objects_for_training(annotation, path, class_names):
                 difficult=annotation["difficult"][keep])
 
 
-class VOCDataset:
+def split_path(root, split):
+    """ROOT/ImageSets/Main/SPLIT.txt: the file that lists a split's image ids."""
+    return os.path.join(root, "ImageSets", "Main", f"{split}.txt")
+
+
+def read_split(root, split):
+    """The image ids of a split of a VOC-layout folder ROOT, in the file's order."""
+    path = split_path(root, split)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: split file is missing (is {root} a VOC-layout folder?)")
+    with open(path, encoding="utf-8") as f:
+        # VOC's per-class split files carry a second column (1/-1); the image id is the first.
+        return [line.split()[0] for line in f if line.strip()]
+
+
+def voc_paths(root, image_id):
+    """(annotation, image): ROOT/Annotations/ID.xml and ROOT/JPEGImages/ID.jpg."""
+    return (os.path.join(root, "Annotations", f"{image_id}.xml"),
+            os.path.join(root, "JPEGImages", f"{image_id}.jpg"))
+
+
+class VOCDataset(ImageDataset):
     """The images of one split of a VOC-layout folder, with their annotations.
 
     ds[i] -> dict(id, image (H, W, 3) uint8 BGR, boxes (G, 4) float32 0-based pixel-inclusive,
@@ -154,34 +176,24 @@ class VOCDataset:
     def __init__(self, root, split="trainval", class_names=None):
         self.root, self.split = os.fspath(root), split
         self.class_names = read_class_names(self.root, class_names)
-        split_file = os.path.join(self.root, "ImageSets", "Main", f"{split}.txt")
-        if not os.path.isfile(split_file):
-            raise FileNotFoundError(f"{split_file}: split file is missing (is {self.root} a VOC-layout folder?)")
-        with open(split_file, encoding="utf-8") as f:
-            # VOC's per-class split files carry a second column (1/-1); the image id is the first.
-            self.ids = [line.split()[0] for line in f if line.strip()]
+        self.ids = read_split(self.root, split)
         class_index = {name: k + 1 for k, name in enumerate(self.class_names)}
         self.written = [parse_voc_xml(self.annotation_path(i), class_index) for i in range(len(self.ids))]
         self.annotations = [objects_for_training(a, self.annotation_path(i), self.class_names)
                             for i, a in enumerate(self.written)]
-        for i in range(len(self.ids)):
-            if not os.path.isfile(self.image_path(i)):
-                raise FileNotFoundError(f"{self.image_path(i)}: image file is missing "
-                                      f"(listed in {split_file})")
-
-    @property
-    def num_classes(self):
-        """K + 1: the classes and the background."""
-        return len(self.class_names) + 1
-
-    def __len__(self):
-        return len(self.ids)
+        self.require_image_files()
 
     def annotation_path(self, i):
-        return os.path.join(self.root, "Annotations", f"{self.ids[i]}.xml")
+        return voc_paths(self.root, self.ids[i])[0]
 
     def image_path(self, i):
-        return os.path.join(self.root, "JPEGImages", f"{self.ids[i]}.jpg")
+        return voc_paths(self.root, self.ids[i])[1]
+
+    def listed_in(self, i):
+        return f"listed in {split_path(self.root, self.split)}"
+
+    def size_from(self, i):
+        return self.annotation_path(i)
 
     def image_size(self, i):
         """(H, W) as the annotation gives it."""
@@ -193,25 +205,6 @@ class VOCDataset:
         a = self.written[i] if as_written else self.annotations[i]
         return dict(id=self.ids[i], boxes=a["boxes"].copy(), labels=a["labels"].copy(),
                     difficult=a["difficult"].copy())
-
-    def load_image(self, i):
-        """(H, W, 3) uint8 BGR, checked against the size in the annotation."""
-        path = self.image_path(i)
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise AnnotationError(f"{path}: image file is missing or cannot be decoded")
-        if image.shape[:2] != self.image_size(i):
-            raise AnnotationError(f"{path}: image is {image.shape[1]}x{image.shape[0]} but "
-                                  f"{self.annotation_path(i)} says {self.image_size(i)[1]}x{self.image_size(i)[0]}")
-        return image
-
-    def __getitem__(self, i):
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} images")
-        i = i % len(self)
-        example = self.annotation(i)
-        example["image"] = self.load_image(i)
-        return example
 
     def __repr__(self):
         return f"VOCDataset({self.root!r}, split={self.split!r}, {len(self)} images, {len(self.class_names)} classes)"

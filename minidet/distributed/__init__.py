@@ -16,7 +16,7 @@ A one-process run (the default) gets SingleProcess, which never imports mpi4py.
 from minidet.distributed.communicators import (Communicator, MPICommunicator, NCCLCommunicator, SingleProcess,
                                                install_abort_hook, merge_shards)
 from minidet.distributed.scaling import scale_schedule
-from minidet.distributed.sharding import DatasetShard, detect_dataset_sharded, load_proposals_sharded
+from minidet.distributed.sharding import detect_dataset_sharded, load_proposals_sharded
 
 BACKENDS = ("auto", "mpi", "nccl")
 
@@ -52,4 +52,4 @@ def make_communicator(distributed=False, device="cpu", backend="auto", abort_on_
 
 __all__ = ["Communicator", "SingleProcess", "MPICommunicator", "NCCLCommunicator", "make_communicator",
            "choose_backend", "install_abort_hook", "merge_shards", "scale_schedule",
-           "DatasetShard", "load_proposals_sharded", "detect_dataset_sharded"]
+           "load_proposals_sharded", "detect_dataset_sharded"]

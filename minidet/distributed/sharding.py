@@ -5,42 +5,8 @@ images into the proposal cache (minidet.data.proposals writes one file per image
 a barrier waits for all of them, and every rank then reads the whole cache; this needs a cache
 folder that every rank sees (a shared file system). Evaluation: each rank detects on its own
 images and Communicator.gather_to_root brings the detections to rank 0 in image order.
+A rank's images are a minidet.data.dataset.DatasetSubset.
 """
-
-
-class DatasetShard:
-    """The images `indices` of a data set, as a data set of their own (index k is dataset index indices[k]).
-
-    Offers what proposals, detection and evaluation read: ids, class_names, root, len, image_path,
-    image_size, annotation, load_image and [k].
-    """
-
-    def __init__(self, dataset, indices):
-        self.dataset, self.indices = dataset, list(indices)
-        self.ids = [dataset.ids[i] for i in self.indices]
-        self.class_names = dataset.class_names
-        self.root = getattr(dataset, "root", None)
-
-    def __len__(self):
-        return len(self.indices)
-
-    def image_path(self, k):
-        return self.dataset.image_path(self.indices[k])
-
-    def image_size(self, k):
-        return self.dataset.image_size(self.indices[k])
-
-    def annotation(self, k):
-        return self.dataset.annotation(self.indices[k])
-
-    def load_image(self, k):
-        return self.dataset.load_image(self.indices[k])
-
-    def __getitem__(self, k):
-        return self.dataset[self.indices[k]]
-
-    def __repr__(self):
-        return f"DatasetShard({self.dataset!r}, {len(self)} images)"
 
 
 def load_proposals_sharded(comm, dataset, cache_dir, progress=True, **kwargs):
@@ -50,10 +16,11 @@ def load_proposals_sharded(comm, dataset, cache_dir, progress=True, **kwargs):
     reads every image's proposals from the cache: returns the whole list on every rank. kwargs
     go to load_proposals (workers, mode, ...); only rank 0 shows a progress bar.
     """
+    from minidet.data.dataset import DatasetSubset
     from minidet.data.proposals import load_proposals
 
     if comm.size > 1:
-        mine = DatasetShard(dataset, comm.shard(range(len(dataset))))
+        mine = DatasetSubset(dataset, comm.shard(range(len(dataset))))
         load_proposals(mine, cache_dir, progress=progress and comm.is_root, **kwargs)
         comm.barrier()
     return load_proposals(dataset, cache_dir, progress=progress and comm.is_root, **kwargs)
@@ -62,11 +29,12 @@ def load_proposals_sharded(comm, dataset, cache_dir, progress=True, **kwargs):
 def detect_dataset_sharded(comm, model, dataset, proposals, convention, **kwargs):
     """minidet.inference.detect_dataset over this rank's images, gathered: (boxes, labels, scores)
     lists for every image on rank 0, None on the other ranks. kwargs go to detect_dataset."""
+    from minidet.data.dataset import DatasetSubset
     from minidet.inference import detect_dataset
 
     mine = comm.shard(range(len(dataset)))
     kwargs["progress"] = kwargs.get("progress", True) and comm.is_root
-    boxes, labels, scores = detect_dataset(model, DatasetShard(dataset, mine), [proposals[i] for i in mine],
+    boxes, labels, scores = detect_dataset(model, DatasetSubset(dataset, mine), [proposals[i] for i in mine],
                                            convention, **kwargs)
     merged = comm.gather_to_root(list(zip(boxes, labels, scores)), len(dataset))
     if merged is None:

@@ -41,7 +41,7 @@ import math
 import numpy as np
 
 from minidet.backend import get_array_module, require_cupy
-from minidet.ops.roi_pool import _check, _check_batch_index
+from minidet.ops.roi_pool import check_batch_index, check_roi_inputs, nhwc_copy
 
 # Work (RoIs x channels x bins x points) from which the CPU kernels split over OpenMP's threads:
 # about 20 ms on one core, for the reason given at minidet.ops.im2col.PARALLEL_MIN_SIZE (on a busy
@@ -58,12 +58,12 @@ def roi_align(x, rois, output_size=(7, 7), spatial_scale=1 / 16, sampling_ratio=
     Returns y (R, C, PH, PW) of x's dtype.
     """
     xp = get_array_module(x, rois)
-    ph, pw = _check(x, rois, output_size)
+    ph, pw = check_roi_inputs(x, rois, output_size)
     rois = xp.ascontiguousarray(xp.asarray(rois, dtype=x.dtype))
     x = xp.ascontiguousarray(x)
     args = (ph, pw, spatial_scale, int(sampling_ratio), bool(aligned))
     if xp is np:
-        _check_batch_index(rois[:, 0].astype(np.int64), x.shape[0])
+        check_batch_index(rois[:, 0].astype(np.int64), x.shape[0])
         return _roi_align_cpu(x, rois, *args)
     # No check on the GPU (it would read the indices back): a RoI of a missing image gives 0.
     return _roi_align_gpu(x, rois, *args)
@@ -89,7 +89,7 @@ def roi_align_backward(dy, rois, x_shape, output_size=(7, 7), spatial_scale=1 / 
     dy = xp.ascontiguousarray(dy)
     args = (spatial_scale, int(sampling_ratio), bool(aligned))
     if xp is np:
-        _check_batch_index(rois[:, 0].astype(np.int64), n)
+        check_batch_index(rois[:, 0].astype(np.int64), n)
         return _roi_align_backward_cpu(dy, rois, (n, c, h, w), *args)
     return _roi_align_backward_gpu(dy, rois, (n, c, h, w), *args)
 
@@ -153,7 +153,7 @@ def _roi_points(roi, output_size, spatial_scale, sampling_ratio, aligned, height
 
 def roi_align_reference(x, rois, output_size=(7, 7), spatial_scale=1 / 16, sampling_ratio=2, aligned=True):
     """Plain NumPy `roi_align` for small inputs (NumPy arrays only): same arguments, same results."""
-    ph, pw = _check(x, rois, output_size)
+    ph, pw = check_roi_inputs(x, rois, output_size)
     n_images, channels, height, width = x.shape
     t = x.dtype.type
     rois = np.asarray(rois).astype(x.dtype)
@@ -207,23 +207,20 @@ def _work(rois, channels, ph, pw, spatial_scale, sampling_ratio):
 
 def _roi_align_cpu(x, rois, ph, pw, spatial_scale, sampling_ratio, aligned):
     from minidet._ext import roi_align as ext
-    from minidet._ext import roi_pool as pool_ext
 
     n, c, h, w = x.shape
     r = rois.shape[0]
     y = np.zeros((r, c, ph, pw), dtype=x.dtype)
     if r == 0 or c == 0 or h == 0 or w == 0:
         return y
-    # One feature cell's C channels contiguous: the kernel's inner loop runs over channels.
-    x_nhwc = np.empty((n, h, w, c), dtype=x.dtype)
-    pool_ext.nchw_to_nhwc(x, x_nhwc)
     parallel = _work(rois, c, ph, pw, spatial_scale, sampling_ratio) >= PARALLEL_MIN_WORK
-    ext.roi_align_forward(x_nhwc, rois, y.reshape(r, c, ph * pw), ph, pw, float(spatial_scale),
+    ext.roi_align_forward(nhwc_copy(x), rois, y.reshape(r, c, ph * pw), ph, pw, float(spatial_scale),
                           sampling_ratio, aligned, parallel)
     return y
 
 
 def _roi_align_backward_cpu(dy, rois, x_shape, spatial_scale, sampling_ratio, aligned):
+    from minidet._ext import nhwc
     from minidet._ext import roi_align as ext
 
     n, c, h, w = x_shape
@@ -235,7 +232,7 @@ def _roi_align_backward_cpu(dy, rois, x_shape, spatial_scale, sampling_ratio, al
     parallel = _work(rois, c, ph, pw, spatial_scale, sampling_ratio) >= PARALLEL_MIN_WORK
     ext.roi_align_backward(dy.reshape(r, c, ph * pw), rois, dx_nhwc, ph, pw, float(spatial_scale),
                            sampling_ratio, aligned, parallel)
-    ext.nhwc_to_nchw(dx_nhwc, dx, parallel)
+    nhwc.nhwc_to_nchw(dx_nhwc, dx, parallel)
     return dx
 
 
@@ -248,31 +245,27 @@ def _roi_align_backward_cpu(dy, rois, x_shape, spatial_scale, sampling_ratio, al
 # that are multiples of 1/16).
 
 def _roi_align_gpu(x, rois, ph, pw, spatial_scale, sampling_ratio, aligned):
-    from minidet.ops.cuda import kernel, launch, scalar_name
-
-    cp = require_cupy()
-    n, c, h, w = x.shape
-    y = cp.zeros((rois.shape[0], c, ph, pw), dtype=x.dtype)
-    if h == 0 or w == 0:
-        return y
-    kern = kernel("roi_align.cu", "roi_align_forward", scalar_name(x.dtype))
-    i32 = np.int32
-    launch(kern, y.size, (x, rois, np.int64(y.size), i32(n), i32(c), i32(h), i32(w), i32(ph), i32(pw),
-                          x.dtype.type(spatial_scale), i32(sampling_ratio), i32(aligned), y))
+    y = require_cupy().zeros((rois.shape[0], x.shape[1], ph, pw), dtype=x.dtype)
+    _launch_gpu("roi_align_forward", x, rois, y, y.size, x.shape, ph, pw, spatial_scale, sampling_ratio, aligned)
     return y
 
 
 def _roi_align_backward_gpu(dy, rois, x_shape, spatial_scale, sampling_ratio, aligned):
+    dx = require_cupy().zeros(x_shape, dtype=dy.dtype)
+    _launch_gpu("roi_align_backward", dy, rois, dx, dy.size, x_shape, dy.shape[2], dy.shape[3], spatial_scale,
+                sampling_ratio, aligned)
+    return dx
+
+
+def _launch_gpu(name, source, rois, out, total, x_shape, ph, pw, spatial_scale, sampling_ratio, aligned):
+    """Run roi_align.cu's kernel `name` (forward or backward: the same arguments) with one thread per
+    element (r, c, ph, pw), `total` of them: it reads `source` (x or dy) and writes `out` (y or dx)."""
     from minidet.ops.cuda import kernel, launch, scalar_name
 
-    cp = require_cupy()
     n, c, h, w = x_shape
-    _, _, ph, pw = dy.shape
-    dx = cp.zeros(x_shape, dtype=dy.dtype)
     if h == 0 or w == 0:
-        return dx
-    kern = kernel("roi_align.cu", "roi_align_backward", scalar_name(dy.dtype))
+        return
     i32 = np.int32
-    launch(kern, dy.size, (dy, rois, np.int64(dy.size), i32(n), i32(c), i32(h), i32(w), i32(ph), i32(pw),
-                           dy.dtype.type(spatial_scale), i32(sampling_ratio), i32(aligned), dx))
-    return dx
+    launch(kernel("roi_align.cu", name, scalar_name(out.dtype)), total,
+           (source, rois, np.int64(total), i32(n), i32(c), i32(h), i32(w), i32(ph), i32(pw),
+            out.dtype.type(spatial_scale), i32(sampling_ratio), i32(aligned), out))

@@ -28,7 +28,9 @@ import numpy as np
 from minidet.backend import get_array_module, require_cupy
 
 
-def _check(x, rois, output_size):
+def check_roi_inputs(x, rois, output_size):
+    """(PH, PW) of output_size, after checking what every RoI op takes: x (N, C, H, W) float32|float64
+    and rois (R, 5); ValueError or TypeError naming the argument otherwise."""
     if x.ndim != 4:
         raise ValueError(f"x must be (N, C, H, W), got shape {x.shape}")
     if x.dtype not in (np.float32, np.float64):
@@ -41,8 +43,8 @@ def _check(x, rois, output_size):
     return ph, pw
 
 
-def _check_batch_index(batch, n_images):
-    """Integer batch indices in [0, N), as the layer truncates rois[:, 0] to int."""
+def check_batch_index(batch, n_images):
+    """ValueError unless batch (R,) int64 (rois[:, 0] truncated to int, as the layers read it) lies in [0, n_images)."""
     if batch.size and (int(batch.min()) < 0 or int(batch.max()) >= n_images):
         raise ValueError(f"rois[:, 0] must be batch indices in [0, {n_images}), "
                          f"got values in [{int(batch.min())}, {int(batch.max())}]")
@@ -69,11 +71,11 @@ def roi_pool(x, rois, output_size=(7, 7), spatial_scale=1 / 16):
     Returns y (R, C, PH, PW) of x's dtype and argmax (R, C, PH, PW) int32 (h * W + w, -1 for empty bins).
     """
     xp = get_array_module(x, rois)
-    ph, pw = _check(x, rois, output_size)
+    ph, pw = check_roi_inputs(x, rois, output_size)
     rois = xp.ascontiguousarray(xp.asarray(rois, dtype=x.dtype))
     x = xp.ascontiguousarray(x)
     if xp is np:
-        _check_batch_index(rois[:, 0].astype(np.int64), x.shape[0])
+        check_batch_index(rois[:, 0].astype(np.int64), x.shape[0])
         return _roi_pool_cpu(x, rois, ph, pw, spatial_scale)
     # No check on the GPU: reading the indices back would stall the device twice per call.
     # The kernel treats a RoI with an index outside [0, N) as empty (0, argmax -1) instead.
@@ -99,7 +101,7 @@ def roi_pool_backward(dy, argmax, x_shape, rois):
     dy = xp.ascontiguousarray(dy)
     argmax = xp.ascontiguousarray(argmax, dtype=np.int32)
     if xp is np:
-        _check_batch_index(batch, n)
+        check_batch_index(batch, n)
         return _roi_pool_backward_cpu(dy, argmax, (n, c, h, w), batch)
     return _roi_pool_backward_gpu(dy, argmax, (n, c, h, w), batch)
 
@@ -133,7 +135,7 @@ def roi_bins(roi, scale, pooled, size, dtype):
 
 def roi_pool_reference(x, rois, output_size=(7, 7), spatial_scale=1 / 16):
     """Plain NumPy `roi_pool` for small inputs (NumPy arrays only): same arguments, same results."""
-    ph, pw = _check(x, rois, output_size)
+    ph, pw = check_roi_inputs(x, rois, output_size)
     n_images, channels, height, width = x.shape
     rois = np.asarray(rois).astype(x.dtype)
     y = np.zeros((len(rois), channels, ph, pw), dtype=x.dtype)
@@ -167,17 +169,24 @@ def roi_pool_backward_reference(dy, argmax, x_shape, rois):
 
 # --- CPU: Cython ----------------------------------------------------------------------------
 
+def nhwc_copy(x):
+    """x (N, C, H, W) NumPy as a new (N, H, W, C) array, one feature cell's C channels contiguous: the
+    layout of the CPU RoI kernels (RoIPool, RoIAlign), whose inner loops run over channels."""
+    from minidet._ext import nhwc
+
+    n, c, h, w = x.shape
+    x_nhwc = np.empty((n, h, w, c), dtype=x.dtype)
+    nhwc.nchw_to_nhwc(x, x_nhwc)
+    return x_nhwc
+
+
 def _roi_pool_cpu(x, rois, ph, pw, spatial_scale):
     from minidet._ext import roi_pool as ext
 
-    n, c, h, w = x.shape
-    r = rois.shape[0]
+    r, c = rois.shape[0], x.shape[1]
     y = np.empty((r, c, ph, pw), dtype=x.dtype)
     argmax = np.empty((r, c, ph, pw), dtype=np.int32)
-    # One feature cell's C channels contiguous: the kernel's inner loop runs over channels.
-    x_nhwc = np.empty((n, h, w, c), dtype=x.dtype)
-    ext.nchw_to_nhwc(x, x_nhwc)
-    ext.roi_pool_forward(x_nhwc, rois, y.reshape(r, c, ph * pw), argmax.reshape(r, c, ph * pw),
+    ext.roi_pool_forward(nhwc_copy(x), rois, y.reshape(r, c, ph * pw), argmax.reshape(r, c, ph * pw),
                          ph, pw, float(spatial_scale))
     return y, argmax
 

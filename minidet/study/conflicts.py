@@ -24,13 +24,15 @@ hierarchical, 2 images, 64 RoIs an image, 25% foreground, flips) at several imag
 pooling and RoIAlign on conv5_3 (1/16) and conv4_3 (1/8); `main` is its command line.
 """
 import argparse
-import math
 import json
+import math
 import os
 import sys
 
 import numpy as np
 
+from minidet.arguments import parse_classes, parse_scales
+from minidet.atomic import atomic_write
 from minidet.ops.maxpool import pooled_size
 from minidet.ops.roi_align import axis_points
 from minidet.ops.roi_pool import roi_bins
@@ -125,27 +127,6 @@ def conflicting_pair(group, conflict, labels):
 
 # ---- the study on real mini-batches ------------------------------------------------------------
 
-class ImageSubset:
-    """Some images of a VOCDataset, with the interface that load_proposals and BatchLoader read."""
-
-    def __init__(self, dataset, indices):
-        self.dataset, self.indices = dataset, [int(i) for i in indices]
-        self.ids = [dataset.ids[i] for i in self.indices]
-        self.class_names = dataset.class_names
-
-    def __len__(self):
-        return len(self.indices)
-
-    def image_path(self, i):
-        return self.dataset.image_path(self.indices[i])
-
-    def annotation(self, i):
-        return self.dataset.annotation(self.indices[i])
-
-    def load_image(self, i):
-        return self.dataset.load_image(self.indices[i])
-
-
 def _as_tuple(value, known, what):
     values = (value,) if isinstance(value, str) else tuple(value)
     for v in values:
@@ -170,6 +151,7 @@ def run_conflict_study(data_dir, split="trainval", scales=(224, 320, 480, 600), 
     from tqdm import tqdm
 
     from minidet.convention import CAFFE
+    from minidet.data.dataset import DatasetSubset
     from minidet.data.loader import BatchLoader
     from minidet.data.proposals import load_proposals
     from minidet.data.voc import VOCDataset
@@ -178,7 +160,7 @@ def run_conflict_study(data_dir, split="trainval", scales=(224, 320, 480, 600), 
     dataset = VOCDataset(data_dir, split, class_names)
     count = min(int(images), len(dataset))
     chosen = np.sort(np.random.default_rng(seed).choice(len(dataset), count, replace=False))
-    subset = ImageSubset(dataset, chosen)
+    subset = DatasetSubset(dataset, chosen)
     cache = proposals_dir or os.path.join(data_dir, "proposals_cache")
     proposals = load_proposals(subset, cache, workers=workers, mode=proposal_mode, progress=progress)
     totals = {(o, l, s): np.zeros(6, np.int64) for o in ops for l in layers for s in scales}
@@ -234,8 +216,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="minidet study conflicts", description=main.__doc__.split(":", 1)[1].strip())
     parser.add_argument("--data-dir", required=True, help="a VOC-layout folder (ImageSets/, Annotations/, JPEGImages/)")
     parser.add_argument("--split", default="trainval", help="ImageSets/Main/SPLIT.txt (default: trainval)")
-    parser.add_argument("--classes", default=None, help="comma-separated class names when there is no classes.txt")
-    parser.add_argument("--scales", default="224,320,480,600",
+    parser.add_argument("--classes", type=parse_classes, default=None,
+                        help="comma-separated class names when there is no classes.txt")
+    parser.add_argument("--scales", type=parse_scales, default="224,320,480,600",
                         help="image scales, shorter side in pixels (default: 224,320,480,600)")
     parser.add_argument("--roi-op", nargs="+", choices=ROI_OPS, default=list(ROI_OPS), help="default: both")
     parser.add_argument("--roi-layer", nargs="+", choices=tuple(ROI_LAYERS), default=list(ROI_LAYERS),
@@ -248,29 +231,22 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2, help="selective-search processes (default: 2)")
     parser.add_argument("--out", default="study_conflicts", help="folder for conflicts.json and conflicts.png")
     args = parser.parse_args(argv)
-    try:
-        scales = [int(s) for s in args.scales.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--scales must be comma-separated integers, got {args.scales!r}")
-    if not scales or min(scales) < 1 or args.images < 1:
-        parser.error("--scales and --images must be positive")
+    if args.images < 1:
+        parser.error("--images must be positive")
     proposals_dir = args.proposals_dir
     if proposals_dir is None and not os.access(args.data_dir, os.W_OK):
         proposals_dir = os.path.join(args.out, "proposals_cache")
-    class_names = args.classes.split(",") if args.classes else None
     try:
-        result = run_conflict_study(args.data_dir, args.split, scales, args.roi_op, args.roi_layer, args.images,
-                                    args.seed, class_names, proposals_dir, args.proposal_mode, args.workers)
+        result = run_conflict_study(args.data_dir, args.split, args.scales, args.roi_op, args.roi_layer, args.images,
+                                    args.seed, args.classes, proposals_dir, args.proposal_mode, args.workers)
     except (OSError, ValueError) as e:
         print(f"minidet study-conflicts: {e}", file=sys.stderr)
         return 2
     print(format_table(result))
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "conflicts.json")
-    with open(path + ".tmp", "w") as f:
+    with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
-    os.replace(path + ".tmp", path)
     from minidet.study.conflict_plot import plot_conflicts
 
     figure = plot_conflicts(result, os.path.join(args.out, "conflicts.png"))

@@ -1,20 +1,36 @@
 """CUDA sources of minidet's GPU kernels, loaded as cupy.RawKernel.
 
-Each `*.cu` file beside this one holds `extern "C" __global__` kernels. A kernel
-is compiled the first time it is asked for and cached for the process (CuPy
-also caches the compiled binary on disk), so no iteration pays for NVRTC.
+Each `*.cu` file beside this one holds `extern "C" __global__` kernels; device code that several
+of them share sits in a `*.cuh` file beside them, which a source names with `#include "x.cuh"`.
+A kernel is compiled the first time it is asked for and cached for the process (CuPy also caches
+the compiled binary on disk), so no iteration pays for NVRTC.
 """
 import functools
 import os
+import re
 
 from minidet.backend import require_cupy
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([\w.]+\.cuh)"[ \t]*$', re.MULTILINE)
 
 
-def source(filename):
+def source(filename, _included=None):
+    """The text of `filename` with each `#include "x.cuh"` of a file beside it replaced by that file's
+    text (once per source): CuPy keys its on-disk cache by the source text, so a header that the
+    compiler read from disk could change without the cached kernels being rebuilt."""
+    included = set() if _included is None else _included
     with open(os.path.join(_HERE, filename)) as f:
-        return f.read()
+        text = f.read()
+
+    def inline(match):
+        name = match.group(1)
+        if name in included:
+            return ""
+        included.add(name)
+        return source(name, included).rstrip("\n")
+
+    return _INCLUDE.sub(inline, text)
 
 
 def compile_options(dtype_name=None):

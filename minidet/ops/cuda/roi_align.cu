@@ -4,6 +4,7 @@
 // Every product goes through the _rn intrinsics, so that no fused multiply-add changes a rounding
 // (NVRTC fuses a * b + c by default; the CPU build and torchvision round the product first), and
 // CUDA's default IEEE division matches the CPU's. The forward is therefore bit for bit the CPU's.
+#include "roi_bins.cuh"
 
 __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
@@ -41,6 +42,40 @@ __device__ __forceinline__ bool axis_point(scalar_t start, scalar_t bin_size, in
     return true;
 }
 
+// The sampling grid of one RoI: gh x gw points in every bin, from these starts and bin sizes.
+struct SamplingGrid {
+    scalar_t start_h, bin_h, start_w, bin_w;
+    int gh, gw;
+};
+
+__device__ __forceinline__ SamplingGrid sampling_grid(const scalar_t* roi, scalar_t spatial_scale, int pooled_h,
+                                                      int pooled_w, int sampling_ratio, bool aligned) {
+    SamplingGrid g;
+    g.gh = axis_geometry(roi[2], roi[4], spatial_scale, pooled_h, sampling_ratio, aligned, &g.start_h, &g.bin_h);
+    g.gw = axis_geometry(roi[1], roi[3], spatial_scale, pooled_w, sampling_ratio, aligned, &g.start_w, &g.bin_w);
+    return g;
+}
+
+// For each point of bin (ph, pw) that reads the (height, width) plane, in the order (iy, ix):
+// visit(cells, weights), its four cells (offsets into the plane) and their weights w1..w4.
+template <typename Visit>
+__device__ __forceinline__ void for_each_point(const SamplingGrid& g, int ph, int pw, int height, int width,
+                                               Visit visit) {
+    for (int iy = 0; iy < g.gh; ++iy) {
+        int ylo, yhi;
+        scalar_t yl, yh;
+        if (!axis_point(g.start_h, g.bin_h, ph, iy, g.gh, height, &ylo, &yhi, &yl, &yh)) continue;
+        for (int ix = 0; ix < g.gw; ++ix) {
+            int xlo, xhi;
+            scalar_t xl, xh;
+            if (!axis_point(g.start_w, g.bin_w, pw, ix, g.gw, width, &xlo, &xhi, &xl, &xh)) continue;
+            const int cells[4] = {ylo * width + xlo, ylo * width + xhi, yhi * width + xlo, yhi * width + xhi};
+            const scalar_t weights[4] = {mul_rn(yh, xh), mul_rn(yh, xl), mul_rn(yl, xh), mul_rn(yl, xl)};
+            visit(cells, weights);
+        }
+    }
+}
+
 // One thread per output y[r, c, ph, pw]; x (N, C, H, W), rois (R, 5) = [n, x1, y1, x2, y2].
 extern "C" __global__ void roi_align_forward(const scalar_t* __restrict__ x,
                                              const scalar_t* __restrict__ rois,
@@ -48,41 +83,20 @@ extern "C" __global__ void roi_align_forward(const scalar_t* __restrict__ x,
                                              int height, int width, int pooled_h, int pooled_w,
                                              scalar_t spatial_scale, int sampling_ratio, int aligned,
                                              scalar_t* __restrict__ y) {
-    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
-         t += (long long)gridDim.x * blockDim.x) {
-        const int pw = (int)(t % pooled_w);
-        const int ph = (int)((t / pooled_w) % pooled_h);
-        const int c = (int)((t / ((long long)pooled_w * pooled_h)) % channels);
-        const long long r = t / ((long long)pooled_w * pooled_h * channels);
-        const scalar_t* roi = rois + r * 5;
-        const int n = (int)roi[0];
-        if (n < 0 || n >= num_images) {  // not an image of x: 0, and no gradient
+    CUDA_KERNEL_LOOP(t, total) {
+        const RoIBin b = roi_bin_of(t, rois, channels, pooled_h, pooled_w);
+        if (b.n < 0 || b.n >= num_images) {  // not an image of x: 0, and no gradient
             y[t] = 0;
             continue;
         }
-        scalar_t start_h, bin_h, start_w, bin_w;
-        const int gh = axis_geometry(roi[2], roi[4], spatial_scale, pooled_h, sampling_ratio, aligned != 0,
-                                     &start_h, &bin_h);
-        const int gw = axis_geometry(roi[1], roi[3], spatial_scale, pooled_w, sampling_ratio, aligned != 0,
-                                     &start_w, &bin_w);
-        const scalar_t* plane = x + ((long long)n * channels + c) * height * width;
+        const SamplingGrid g = sampling_grid(b.roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned != 0);
+        const scalar_t* plane = x + b.plane * height * width;
         scalar_t sum = 0;
-        for (int iy = 0; iy < gh; ++iy) {
-            int ylo, yhi;
-            scalar_t yl, yh;
-            if (!axis_point(start_h, bin_h, ph, iy, gh, height, &ylo, &yhi, &yl, &yh)) continue;
-            for (int ix = 0; ix < gw; ++ix) {
-                int xlo, xhi;
-                scalar_t xl, xh;
-                if (!axis_point(start_w, bin_w, pw, ix, gw, width, &xlo, &xhi, &xl, &xh)) continue;
-                const scalar_t v = ((mul_rn(mul_rn(yh, xh), plane[ylo * width + xlo]) +
-                                     mul_rn(mul_rn(yh, xl), plane[ylo * width + xhi])) +
-                                    mul_rn(mul_rn(yl, xh), plane[yhi * width + xlo])) +
-                                   mul_rn(mul_rn(yl, xl), plane[yhi * width + xhi]);
-                sum = sum + v;
-            }
-        }
-        y[t] = sum / (scalar_t)max(gh * gw, 1);
+        for_each_point(g, b.ph, b.pw, height, width, [&](const int* cells, const scalar_t* w) {
+            sum = sum + (((mul_rn(w[0], plane[cells[0]]) + mul_rn(w[1], plane[cells[1]])) +
+                          mul_rn(w[2], plane[cells[2]])) + mul_rn(w[3], plane[cells[3]]));
+        });
+        y[t] = sum / (scalar_t)max(g.gh * g.gw, 1);
     }
 }
 
@@ -94,36 +108,15 @@ extern "C" __global__ void roi_align_backward(const scalar_t* __restrict__ dy,
                                               int height, int width, int pooled_h, int pooled_w,
                                               scalar_t spatial_scale, int sampling_ratio, int aligned,
                                               scalar_t* __restrict__ dx) {
-    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
-         t += (long long)gridDim.x * blockDim.x) {
-        const int pw = (int)(t % pooled_w);
-        const int ph = (int)((t / pooled_w) % pooled_h);
-        const int c = (int)((t / ((long long)pooled_w * pooled_h)) % channels);
-        const long long r = t / ((long long)pooled_w * pooled_h * channels);
-        const scalar_t* roi = rois + r * 5;
-        const int n = (int)roi[0];
-        if (n < 0 || n >= num_images) continue;
-        scalar_t start_h, bin_h, start_w, bin_w;
-        const int gh = axis_geometry(roi[2], roi[4], spatial_scale, pooled_h, sampling_ratio, aligned != 0,
-                                     &start_h, &bin_h);
-        const int gw = axis_geometry(roi[1], roi[3], spatial_scale, pooled_w, sampling_ratio, aligned != 0,
-                                     &start_w, &bin_w);
-        const scalar_t count = (scalar_t)(gh * gw);
-        const scalar_t g = dy[t];
-        scalar_t* plane = dx + ((long long)n * channels + c) * height * width;
-        for (int iy = 0; iy < gh; ++iy) {
-            int ylo, yhi;
-            scalar_t yl, yh;
-            if (!axis_point(start_h, bin_h, ph, iy, gh, height, &ylo, &yhi, &yl, &yh)) continue;
-            for (int ix = 0; ix < gw; ++ix) {
-                int xlo, xhi;
-                scalar_t xl, xh;
-                if (!axis_point(start_w, bin_w, pw, ix, gw, width, &xlo, &xhi, &xl, &xh)) continue;
-                atomicAdd(plane + ylo * width + xlo, mul_rn(g, mul_rn(yh, xh)) / count);
-                atomicAdd(plane + ylo * width + xhi, mul_rn(g, mul_rn(yh, xl)) / count);
-                atomicAdd(plane + yhi * width + xlo, mul_rn(g, mul_rn(yl, xh)) / count);
-                atomicAdd(plane + yhi * width + xhi, mul_rn(g, mul_rn(yl, xl)) / count);
-            }
-        }
+    CUDA_KERNEL_LOOP(t, total) {
+        const RoIBin b = roi_bin_of(t, rois, channels, pooled_h, pooled_w);
+        if (b.n < 0 || b.n >= num_images) continue;
+        const SamplingGrid g = sampling_grid(b.roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned != 0);
+        const scalar_t count = (scalar_t)(g.gh * g.gw);
+        const scalar_t grad = dy[t];
+        scalar_t* plane = dx + b.plane * height * width;
+        for_each_point(g, b.ph, b.pw, height, width, [&](const int* cells, const scalar_t* w) {
+            for (int k = 0; k < 4; ++k) atomicAdd(plane + cells[k], mul_rn(grad, w[k]) / count);
+        });
     }
 }

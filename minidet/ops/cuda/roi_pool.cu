@@ -4,6 +4,7 @@
 // The bin edges use scalar_t products and quotients and C's round/floor/ceil, as the CPU does:
 // no multiply is followed by an add on these lines, so no fused multiply-add can change a rounding,
 // and CUDA's default (IEEE) division and round() (halves away from zero) match the C library.
+#include "roi_bins.cuh"
 
 // Edges [lo, hi) of bin p along one axis of a RoI whose corners are first, last (image pixels).
 __device__ __forceinline__ void roi_bin(scalar_t first, scalar_t last, scalar_t scale, int p,
@@ -23,28 +24,19 @@ extern "C" __global__ void roi_pool_forward(const scalar_t* __restrict__ x,
                                             int height, int width,
                                             int pooled_h, int pooled_w, scalar_t spatial_scale,
                                             scalar_t* __restrict__ y, int* __restrict__ argmax) {
-    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
-         t += (long long)gridDim.x * blockDim.x) {
-        const int pw = (int)(t % pooled_w);
-        const int ph = (int)((t / pooled_w) % pooled_h);
-        const int c = (int)((t / ((long long)pooled_w * pooled_h)) % channels);
-        const long long r = t / ((long long)pooled_w * pooled_h * channels);
-        const scalar_t* roi = rois + r * 5;
-        const int n = (int)roi[0];
-        if (n < 0 || n >= num_images) {  // not an image of x: pooled as empty, sends no gradient
-            y[t] = 0;
-            argmax[t] = -1;
-            continue;
+    CUDA_KERNEL_LOOP(t, total) {
+        const RoIBin b = roi_bin_of(t, rois, channels, pooled_h, pooled_w);
+        int h_lo = 0, h_hi = 0, w_lo = 0, w_hi = 0;
+        if (b.n >= 0 && b.n < num_images) {  // else not an image of x: pooled as empty, sends no gradient
+            roi_bin(b.roi[2], b.roi[4], spatial_scale, b.ph, pooled_h, height, &h_lo, &h_hi);
+            roi_bin(b.roi[1], b.roi[3], spatial_scale, b.pw, pooled_w, width, &w_lo, &w_hi);
         }
-        int h_lo, h_hi, w_lo, w_hi;
-        roi_bin(roi[2], roi[4], spatial_scale, ph, pooled_h, height, &h_lo, &h_hi);
-        roi_bin(roi[1], roi[3], spatial_scale, pw, pooled_w, width, &w_lo, &w_hi);
         if (h_hi <= h_lo || w_hi <= w_lo) {  // empty bin: 0, and no input receives its gradient
             y[t] = 0;
             argmax[t] = -1;
             continue;
         }
-        const scalar_t* plane = x + ((long long)n * channels + c) * height * width;
+        const scalar_t* plane = x + b.plane * height * width;
         int best = h_lo * width + w_lo;
         scalar_t best_value = plane[best];
         for (int h = h_lo; h < h_hi; ++h) {
@@ -69,8 +61,7 @@ extern "C" __global__ void roi_pool_backward(const scalar_t* __restrict__ dy,
                                              const int* __restrict__ batch,
                                              long long total, int channels, int plane_size,
                                              int bins, scalar_t* __restrict__ dx) {
-    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
-         t += (long long)gridDim.x * blockDim.x) {
+    CUDA_KERNEL_LOOP(t, total) {
         const int a = argmax[t];
         if (a < 0) continue;  // empty bin
         const long long rc = t / bins;  // r * channels + c
