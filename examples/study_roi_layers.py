@@ -53,7 +53,7 @@ def run_setting(base, op, layer, out, log):
 
 def main(argv=None):
     args = parse_args(argv)
-    from minidet.train_config import parse_classes, parse_scales
+    from minidet.arguments import parse_classes, parse_scales
     from minidet.data.proposals import proposals_cache_dir
     from minidet.data.voc import VOCDataset
     from minidet.recipes import data_summary, recipe, with_iterations
