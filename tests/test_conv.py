@@ -135,7 +135,7 @@ def test_conv_frozen_leaves_grads_empty_and_still_returns_dx(rng):
     conv.forward(x)
     np.testing.assert_allclose(conv.backward(dy), dx)
     assert conv.grads == {}
-    assert conv.cols is None                      # nothing kept for a weight gradient
+    assert conv.x is None                         # nothing kept for a weight gradient
 
 
 def test_conv_without_input_grad_returns_none_and_fills_grads(rng):
