@@ -10,7 +10,8 @@ once, (F, N * OH * OW), in a single GEMM. The padding is never materialised:
 entries that fall outside the input are written as zeros.
 
 Both run with the GIL released, on the calling thread alone unless the caller passes
-parallel=True (minidet/ops/im2col.py decides, by size, and says why). In parallel,
+parallel=True (minidet/ops/im2col.py decides, by size). Both take a range of output rows
+[g0, g0 + G), g = n * OH + oh, so that a layer can run in chunks (minidet/ops/im2col.py). In parallel,
 im2col shares out the rows of cols (a thread writes whole rows, so writes never
 overlap) and col2im the (image, channel) planes of dx (a plane gathers the kh * kw
 rows of its own channel, so no two threads add into the same element). The schedule
@@ -19,6 +20,22 @@ busy machine), the first takes over its share instead of waiting to hand it over
 """
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int minidet_openmp_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int minidet_openmp_threads(void) { return 1; }
+    #endif
+    """
+    int minidet_openmp_threads() noexcept nogil
+
+
+def openmp_threads():
+    """The threads a parallel kernel would run on now: 1 when built without OpenMP."""
+    return minidet_openmp_threads()
 
 ctypedef fused real:
     float

@@ -7,17 +7,21 @@ from minidet.ops import winograd
 from minidet.ops.im2col import col2im, conv_output_size, im2col, pair
 from minidet.threads import blas_threads
 
-WORKSPACE_BYTES = 64 << 20   # the chunk size that keeps a chunk's buffers in the last-level cache
+WORKSPACE_BYTES = 64 << 20   # a chunk's buffers: about what the last-level cache holds
+MIN_CHUNK_COLUMNS = 1024     # GEMM columns of a chunk at least, for BLAS to run at full speed
 ALGORITHMS = ("auto", "im2col", "winograd2", "winograd4")
+# Below this many input channels a Winograd layer moves more transformed tiles than it saves
+# multiplications (VGG16's conv1_1, C = 3, is faster by im2col): docs/PERFORMANCE.md.
+WINOGRAD_MIN_CHANNELS = 16
 
 
 class Workspace:
     """Scratch memory that convolutions share, one layer at a time, as Caffe's col_buffer.
 
     A convolution asks for its buffers (im2col's cols, Winograd's tiles, ...) for one chunk of its
-    output rows at a time; `max_bytes` bounds a chunk (at least one row, or one image where the kernels
-    need whole images), so the workspace holds one chunk of the most demanding layer, not one
-    buffer per layer. One flat array per array module (NumPy, CuPy), grown on demand, never shrunk
+    output rows at a time, beside a few of the size of its weights; `max_bytes` bounds a chunk's
+    buffers (unless MIN_CHUNK_COLUMNS, or the whole images that GPU kernels need, take more), so
+    the workspace holds one chunk of the most demanding layer, not one buffer per layer. One flat array per array module (NumPy, CuPy), grown on demand, never shrunk
     until `release()`. Layers that may run at the same time (threads) need workspaces of their own.
     """
 
@@ -33,9 +37,10 @@ class Workspace:
         """Drop the buffers (the next layer allocates again)."""
         self._flat.clear()
 
-    def chunk_rows(self, total, row_bytes, fixed_bytes=0, granule=1):
-        """Rows per chunk: as many as fit max_bytes beside fixed_bytes, a multiple of granule, >= granule."""
-        rows = (self.max_bytes - fixed_bytes) // max(int(row_bytes), 1)
+    def chunk_rows(self, total, row_bytes, row_columns, granule=1):
+        """Rows per chunk: as many as fit max_bytes at row_bytes each, but at least MIN_CHUNK_COLUMNS
+        GEMM columns (row_columns per row), a multiple of granule, at most total."""
+        rows = max(self.max_bytes // max(int(row_bytes), 1), -(-MIN_CHUNK_COLUMNS // max(int(row_columns), 1)))
         rows = max(granule, rows // granule * granule)
         return int(min(rows, total))
 
@@ -66,8 +71,9 @@ class Conv2d:
 
     algorithm: "im2col" (minidet.ops.im2col: any kernel, stride, padding and dtype), "winograd2" or
     "winograd4" (minidet.ops.winograd, F(2x2, 3x3) or F(4x4, 3x3): 3x3, stride 1, pad 1 only), or
-    "auto": Winograd F(2x2, 3x3) for float32 NumPy inputs where it applies, im2col otherwise. The
-    choice changes the rounding, never the weights, so checkpoints do not record it.
+    "auto": F(4x4, 3x3) for float32 NumPy inputs of at least WINOGRAD_MIN_CHANNELS channels where it
+    applies, im2col otherwise. The choice changes the rounding (docs/PERFORMANCE.md gives the
+    errors), never the weights, so checkpoints do not record it.
 
     The layer keeps only its input, and only when a backward will need it for the weight gradient
     (trained, in training mode); the backward recomputes im2col's columns (or the input tiles) from
@@ -112,8 +118,9 @@ class Conv2d:
         """The algorithm that a forward of x runs: `algorithm`, with "auto" resolved."""
         if self.algorithm != "auto":
             return self.algorithm
-        fast = get_array_module(x) is np and x.dtype == np.float32 and self.winograd_applies()
-        return "winograd2" if fast else "im2col"
+        fast = (get_array_module(x) is np and x.dtype == np.float32 and self.winograd_applies()
+                and self.in_channels >= WINOGRAD_MIN_CHANNELS)
+        return "winograd4" if fast else "im2col"
 
     def forward(self, x):
         xp = get_array_module(x)
@@ -152,8 +159,8 @@ class Conv2d:
     def _geometry(self):
         return self.kernel_size, self.stride, self.padding
 
-    def _chunks(self, total, row_bytes, fixed_bytes, granule):
-        step = self.workspace.chunk_rows(total, row_bytes, fixed_bytes, granule)
+    def _chunks(self, total, row_bytes, row_columns, granule):
+        step = self.workspace.chunk_rows(total, row_bytes, row_columns, granule)
         return step, [(g0, min(g0 + step, total)) for g0 in range(0, total, step)]
 
     def _forward_im2col(self, x, weight, bias, y):
@@ -161,7 +168,7 @@ class Conv2d:
         n, f, oh, ow = y.shape
         w2 = weight.reshape(f, -1)
         k, item = w2.shape[1], x.dtype.itemsize
-        step, chunks = self._chunks(n * oh, (k + f) * ow * item, 0, im2col_ops.row_granule(xp, oh))
+        step, chunks = self._chunks(n * oh, (k + f) * ow * item, ow, im2col_ops.row_granule(xp, oh))
         cols, out = self.workspace.arrays(xp, x.dtype, (k, step * ow), (f, step * ow))
         for g0, g1 in chunks:
             chunk_cols, chunk_out = _first_columns(cols, (g1 - g0) * ow), _first_columns(out, (g1 - g0) * ow)
@@ -177,7 +184,7 @@ class Conv2d:
         n, f, oh, ow = dy.shape
         w2 = self.params["weight"].reshape(f, -1).astype(dy.dtype, copy=False)
         k, item = w2.shape[1], dy.dtype.itemsize
-        step, chunks = self._chunks(n * oh, (k + f) * ow * item, f * k * item, im2col_ops.row_granule(xp, oh))
+        step, chunks = self._chunks(n * oh, (k + f) * ow * item, ow, im2col_ops.row_granule(xp, oh))
         cols, dy2, part = self.workspace.arrays(xp, dy.dtype, (k, step * ow), (f, step * ow), (f, k))
         dw = None if self.frozen else xp.zeros((f, k), dtype=dy.dtype)
         dx = xp.zeros(self.x_shape, dtype=dy.dtype) if self.needs_input_grad else None
@@ -200,8 +207,7 @@ class Conv2d:
         xp = get_array_module(x)
         n, c, h, w = x.shape
         f, a2, th, tw, item = self.out_channels, (m + 2) ** 2, winograd.tiles(h, m), winograd.tiles(w, m), x.dtype.itemsize
-        step, chunks = self._chunks(n * th, a2 * (c + f) * tw * item, a2 * f * c * item,
-                                    winograd.row_granule(xp, th))
+        step, chunks = self._chunks(n * th, a2 * (c + f) * tw * item, tw, winograd.row_granule(xp, th))
         u, v, mm = self.workspace.arrays(xp, x.dtype, (a2, f, c), (a2, c, step * tw), (a2, f, step * tw))
         winograd.filter_transform(weight, m, out=u)
         for g0, g1 in chunks:
@@ -216,22 +222,23 @@ class Conv2d:
         m = int(self.used[-1])
         n, c, h, w = self.x_shape
         f, a2, th, tw, item = self.out_channels, (m + 2) ** 2, winograd.tiles(h, m), winograd.tiles(w, m), dy.dtype.itemsize
-        step, chunks = self._chunks(n * th, a2 * (c + f) * tw * item, (2 * a2 + 1) * f * c * item,
-                                    winograd.row_granule(xp, th))
-        u, du, part, v, z = self.workspace.arrays(xp, dy.dtype, (a2, f, c), (a2, f, c), (f, c),
-                                                  (a2, c, step * tw), (a2, f, step * tw))
+        step, chunks = self._chunks(n * th, a2 * (c + f) * tw * item, tw, winograd.row_granule(xp, th))
+        # U, V (then dV), Z, dU, and a second dU to add the chunks' shares (when there are several)
+        u, v, z, du, *part = self.workspace.arrays(xp, dy.dtype, (a2, f, c), (a2, c, step * tw), (a2, f, step * tw),
+                                                   *[(a2, f, c)] * (1 + (len(chunks) > 1)))
         winograd.filter_transform(self.params["weight"].astype(dy.dtype, copy=False), m, out=u)
-        du[...] = 0
         dx = xp.zeros(self.x_shape, dtype=dy.dtype) if self.needs_input_grad else None
-        for g0, g1 in chunks:
+        for index, (g0, g1) in enumerate(chunks):
             width = (g1 - g0) * tw
             tiles_v, tiles_z = _first_columns(v, width), _first_columns(z, width)
             winograd.output_transform_adjoint(dy, m, (g0, g1), out=tiles_z)
             with blas_threads(2 * f * c * width, xp):
                 if not self.frozen:                              # dU += Z V^T, V recomputed
                     winograd.input_transform(self.x, m, (g0, g1), out=tiles_v)
-                    for k in range(a2):
-                        du[k] += xp.matmul(tiles_z[k], tiles_v[k].T, out=part)
+                    if index == 0:
+                        xp.matmul(tiles_z, tiles_v.transpose(0, 2, 1), out=du)
+                    else:
+                        du += xp.matmul(tiles_z, tiles_v.transpose(0, 2, 1), out=part[0])
                 if dx is not None:                               # dV = U^T Z, in V's place
                     xp.matmul(u.transpose(0, 2, 1), tiles_z, out=tiles_v)
                     winograd.input_transform_adjoint(tiles_v, m, dx, (g0, g1))

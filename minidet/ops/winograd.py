@@ -51,9 +51,11 @@ import numpy as np
 
 from minidet._ext import winograd as _cpu
 from minidet.backend import get_array_module
-from minidet.ops.im2col import PARALLEL_MIN_SIZE
 
 TILE_SIZES = (2, 4)
+# Output elements from which the kernels split their work over OpenMP's threads, for the reason
+# of minidet.ops.im2col.PARALLEL_MIN_SIZE (docs/PERFORMANCE.md, "Threads").
+PARALLEL_MIN_SIZE = 1 << 25
 
 _MATRICES = {  # m: (B^T, G, A^T), exact in float64 but for G's sixths and twenty-fourths
     2: ([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
