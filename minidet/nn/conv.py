@@ -226,8 +226,9 @@ class Conv2d:
         # U, V (then dV), Z, dU, and a second dU to add the chunks' shares (when there are several)
         u, v, z, du, *part = self.workspace.arrays(xp, dy.dtype, (a2, f, c), (a2, c, step * tw), (a2, f, step * tw),
                                                    *[(a2, f, c)] * (1 + (len(chunks) > 1)))
-        winograd.filter_transform(self.params["weight"].astype(dy.dtype, copy=False), m, out=u)
         dx = xp.zeros(self.x_shape, dtype=dy.dtype) if self.needs_input_grad else None
+        if dx is not None:                   # dV needs U again: recomputed (cheaper than keeping it)
+            winograd.filter_transform(self.params["weight"].astype(dy.dtype, copy=False), m, out=u)
         for index, (g0, g1) in enumerate(chunks):
             width = (g1 - g0) * tw
             tiles_v, tiles_z = _first_columns(v, width), _first_columns(z, width)

@@ -124,7 +124,7 @@ def filter_transform(weight, m, out=None):
         out[...] = filter_transform_reference(weight, m)
         return out
     g = matrices(m, weight.dtype)[1]
-    _cpu.filter_transform(np.ascontiguousarray(weight), g, out, out.size >= PARALLEL_MIN_SIZE)
+    _cpu.filter_transform(np.ascontiguousarray(weight).reshape(f, c, 9), g, out, False, out.size >= PARALLEL_MIN_SIZE)
     return out
 
 
@@ -136,8 +136,9 @@ def filter_transform_adjoint(du, m, out=None):
     if xp is not np:
         out[...] = filter_transform_adjoint_reference(du, m)
         return out
-    gt = np.ascontiguousarray(matrices(m, du.dtype)[1].T)
-    _cpu.filter_transform_adjoint(np.ascontiguousarray(du), gt, out, du.size >= PARALLEL_MIN_SIZE)
+    g = matrices(m, du.dtype)[1]
+    _cpu.filter_transform(np.ascontiguousarray(du), g, out.reshape(du.shape[1], du.shape[2], 9), True,
+                          du.size >= PARALLEL_MIN_SIZE)
     return out
 
 
