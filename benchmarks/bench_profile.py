@@ -14,8 +14,8 @@ minidet: every layer's forward and backward is timed, and inside them the calls 
     elementwise ReLU, dropout, flatten, the loss, and what a convolution does besides its GEMMs and
                 transforms (bias, gathering dy, zeroing dx, the bias gradient)
     python      the rest of the step: the time outside every layer and the loss (the loop, calls)
-torch: torch.profiler's self CPU time per operator, grouped the same way (its convolutions are one
-operator each: "conv" holds their GEMM-like work and their copies together).
+torch: its time on the same clock, shared out by torch.profiler's self CPU time per operator and
+grouped the same way (its convolutions are one operator each: "conv" holds all their work).
 
 Writes benchmarks/results/bench_profile.json and bench_profile.png (per-layer bars of minidet and the
 shares of both frameworks).
@@ -138,18 +138,25 @@ def profile_minidet(model, work, repeat, clock):
             "categories_s": shares, "conv_inner_s": inner}
 
 
-def profile_torch(torch, work, repeat):
+def profile_torch(torch, work, repeat, clock):
+    """torch's time on the same clock as minidet's, shared out by the profiler's self CPU time per
+    operator (the profiler's own totals run on another clock, with its overhead)."""
     work()
+    start = clock()
+    for _ in range(repeat):
+        work()
+    total = (clock() - start) / repeat
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(repeat):
             work()
-    ops = {e.key: e.self_cpu_time_total / 1e6 / repeat for e in prof.key_averages()}
+    ops = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    profiled = sum(ops.values()) or 1.0
     shares = defaultdict(float)
     for key, seconds in ops.items():
         group = next((g for fragment, g in TORCH_GROUPS.items() if fragment in key), "elementwise")
-        shares[group] += seconds
-    top = dict(sorted(ops.items(), key=lambda kv: -kv[1])[:20])
-    return {"total_s": sum(ops.values()), "categories_s": dict(shares), "top_ops_s": top}
+        shares[group] += seconds / profiled * total
+    top = {k: v / profiled * total for k, v in sorted(ops.items(), key=lambda kv: -kv[1])[:20]}
+    return {"total_s": total, "categories_s": dict(shares), "top_ops_s": top}
 
 
 def plot(results, path):
@@ -242,9 +249,10 @@ def main(argv=None):
         t_train = [torch.from_numpy(a) for a in (images, rois, *targets)]
         t_test = torch.from_numpy(test_images), torch.from_numpy(test_rois)
         print("torch train step ...", flush=True)
-        results["train_step"]["torch"] = profile_torch(torch, lambda: net.train_step(*t_train), args.repeat)
+        results["train_step"]["torch"] = profile_torch(torch, lambda: net.train_step(*t_train), args.repeat, clock)
         print("torch test forward ...", flush=True)
-        results["test_forward"]["torch"] = profile_torch(torch, lambda: net.test_forward(*t_test), args.repeat)
+        results["test_forward"]["torch"] = profile_torch(torch, lambda: net.test_forward(*t_test), args.repeat,
+                                                         clock)
     results["load_average_after"] = os.getloadavg()
     write_json(args.out, results)
     with contextlib.suppress(ImportError):
