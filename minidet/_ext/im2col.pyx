@@ -1,22 +1,15 @@
-"""im2col and col2im on the CPU: a convolution as one matrix product.
+"""im2col and col2im on the CPU (the layout of cols and the mathematics: minidet/ops/im2col.py).
 
-Layout, shared with minidet/ops/cuda/im2col.cu and the plain reference in
-minidet/ops/im2col.py (xpad is x zero-padded by ph rows and pw columns):
-
-    cols[(c * kh + i) * kw + j, (n * OH + oh) * OW + ow] = xpad[n, c, oh * sh + i, ow * sw + j]
-
-so that `W.reshape(F, C * kh * kw) @ cols` is the convolution of every image at
-once, (F, N * OH * OW), in a single GEMM. The padding is never materialised:
-entries that fall outside the input are written as zeros.
+The padding is never materialised: im2col writes zeros where a window leaves the input, and
+col2im skips those entries; a unit-stride row is one memcpy (im2col) or one vectorised add (col2im).
+Both take a range of output rows [g0, g0 + G), g = n * OH + oh, so that a layer can run in chunks.
 
 Both run with the GIL released, on the calling thread alone unless the caller passes
-parallel=True (minidet/ops/im2col.py decides, by size). Both take a range of output rows
-[g0, g0 + G), g = n * OH + oh, so that a layer can run in chunks (minidet/ops/im2col.py). In parallel,
-im2col shares out the rows of cols (a thread writes whole rows, so writes never
-overlap) and col2im the (image, channel) planes of dx (a plane gathers the kh * kw
-rows of its own channel, so no two threads add into the same element). The schedule
-is dynamic, one row or plane at a time: when the second thread is late to start (a
-busy machine), the first takes over its share instead of waiting to hand it over.
+parallel=True (minidet/ops/im2col.py decides, by size). In parallel, im2col shares out the rows
+of cols (a thread writes whole rows, so writes never overlap) and col2im the (image, channel)
+planes of dx (a plane gathers the kh * kw rows of its own channel, so no two threads add into the
+same element). The schedule is dynamic, one row or plane at a time: when the second thread is late
+to start (a busy machine), the first takes over its share instead of waiting to hand it over.
 """
 from cython.parallel cimport prange
 from libc.string cimport memcpy, memset

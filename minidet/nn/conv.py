@@ -7,7 +7,7 @@ from minidet.ops import winograd
 from minidet.ops.im2col import col2im, conv_output_size, im2col, pair
 from minidet.threads import blas_threads
 
-WORKSPACE_BYTES = 64 << 20   # a chunk's buffers: about what the last-level cache holds
+WORKSPACE_BYTES = 16 << 20   # a chunk's buffers: larger ones run no faster (docs/PERFORMANCE.md)
 MIN_CHUNK_COLUMNS = 1024     # GEMM columns of a chunk at least, for BLAS to run at full speed
 ALGORITHMS = ("auto", "im2col", "winograd2", "winograd4")
 # Below this many input channels a Winograd layer moves more transformed tiles than it saves
@@ -21,8 +21,9 @@ class Workspace:
     A convolution asks for its buffers (im2col's cols, Winograd's tiles, ...) for one chunk of its
     output rows at a time, beside a few of the size of its weights; `max_bytes` bounds a chunk's
     buffers (unless MIN_CHUNK_COLUMNS, or the whole images that GPU kernels need, take more), so
-    the workspace holds one chunk of the most demanding layer, not one buffer per layer. One flat array per array module (NumPy, CuPy), grown on demand, never shrunk
-    until `release()`. Layers that may run at the same time (threads) need workspaces of their own.
+    the workspace holds one chunk of the most demanding layer, not one buffer per layer. One flat
+    array per array module (NumPy, CuPy), grown on demand, never shrunk until `release()`. Layers
+    that may run at the same time (threads) need workspaces of their own.
     """
 
     def __init__(self, max_bytes=WORKSPACE_BYTES):
@@ -130,12 +131,11 @@ class Conv2d:
         y = xp.empty(self.output_shape(x.shape), dtype=x.dtype)
         weight = self.params["weight"].astype(x.dtype, copy=False)
         bias = self.params["bias"].astype(x.dtype, copy=False)
-        self.used = self.choose_algorithm(x)
+        self.used, self.x_shape = self.choose_algorithm(x), x.shape
         if self.used == "im2col":
             self._forward_im2col(x, weight, bias, y)
         else:
             self._forward_winograd(x, weight, bias, y, int(self.used[-1]))
-        self.x_shape = x.shape
         self.x = x if self.training and not self.frozen else None    # dW reads it; nothing else does
         return y
 
@@ -203,11 +203,17 @@ class Conv2d:
 
     # ---- Winograd: M = U V per tile position, the adjoints in reverse (see minidet.ops.winograd) ----
 
+    def _winograd_chunks(self, xp, m, dtype):
+        """(a*a, TW, rows per chunk, [(g0, g1)]) of tile rows, for the input of the last forward."""
+        n, c, h, w = self.x_shape
+        a2, th, tw = (m + 2) ** 2, winograd.tiles(h, m), winograd.tiles(w, m)
+        row_bytes = a2 * (c + self.out_channels) * tw * np.dtype(dtype).itemsize   # V and M (or Z) of a row
+        return (a2, tw) + self._chunks(n * th, row_bytes, tw, winograd.row_granule(xp, th))
+
     def _forward_winograd(self, x, weight, bias, y, m):
         xp = get_array_module(x)
-        n, c, h, w = x.shape
-        f, a2, th, tw, item = self.out_channels, (m + 2) ** 2, winograd.tiles(h, m), winograd.tiles(w, m), x.dtype.itemsize
-        step, chunks = self._chunks(n * th, a2 * (c + f) * tw * item, tw, winograd.row_granule(xp, th))
+        c, f = self.in_channels, self.out_channels
+        a2, tw, step, chunks = self._winograd_chunks(xp, m, x.dtype)
         u, v, mm = self.workspace.arrays(xp, x.dtype, (a2, f, c), (a2, c, step * tw), (a2, f, step * tw))
         winograd.filter_transform(weight, m, out=u)
         for g0, g1 in chunks:
@@ -220,9 +226,8 @@ class Conv2d:
     def _backward_winograd(self, dy):
         xp = get_array_module(dy)
         m = int(self.used[-1])
-        n, c, h, w = self.x_shape
-        f, a2, th, tw, item = self.out_channels, (m + 2) ** 2, winograd.tiles(h, m), winograd.tiles(w, m), dy.dtype.itemsize
-        step, chunks = self._chunks(n * th, a2 * (c + f) * tw * item, tw, winograd.row_granule(xp, th))
+        c, f = self.in_channels, self.out_channels
+        a2, tw, step, chunks = self._winograd_chunks(xp, m, dy.dtype)
         # U, V (then dV), Z, dU, and a second dU to add the chunks' shares (when there are several)
         u, v, z, du, *part = self.workspace.arrays(xp, dy.dtype, (a2, f, c), (a2, c, step * tw), (a2, f, step * tw),
                                                    *[(a2, f, c)] * (1 + (len(chunks) > 1)))

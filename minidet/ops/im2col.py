@@ -5,9 +5,14 @@ For x (N, C, H, W), a kh x kw kernel, stride (sh, sw) and zero padding (ph, pw):
     cols[(c*kh + i)*kw + j, (n*OH + oh)*OW + ow] = xpad[n, c, oh*sh + i, ow*sw + j]
     cols: (C*kh*kw, N*OH*OW),  OH = (H + 2*ph - kh) // sh + 1,  OW = (W + 2*pw - kw) // sw + 1
 
-so a convolution with weights W (F, C, kh, kw) is `W.reshape(F, -1) @ cols`, (F, N*OH*OW),
-one GEMM for the whole batch. col2im is its adjoint (transpose): it adds every column
-entry back onto the input pixel it was copied from, which is how dL/dcols becomes dL/dx.
+so a convolution with weights W (F, C, kh, kw) and bias b is one GEMM for the whole batch, and
+its gradients two more, with W2 = W.reshape(F, C*kh*kw) and Y, dY = y, dL/dy as (F, N*OH*OW):
+
+    forward    Y = W2 @ cols + b
+    backward   dW2 = dY @ cols^T,  db = dY summed over its columns,  dcols = W2^T @ dY,  dx = col2im(dcols)
+
+col2im is im2col's adjoint (transpose): it adds every column entry back onto the input pixel it
+was copied from, which is how dL/dcols becomes dL/dx.
 
 A layer too large for one cols buffer runs in chunks of output rows: `rows` = (g0, g1) selects
 the rows g = n*OH + oh in [g0, g1), whose columns are (g - g0)*OW + ow, and col2im then adds the
