@@ -8,7 +8,7 @@ from minidet.ops.im2col import col2im, conv_output_size, im2col, pair
 from minidet.threads import blas_threads
 
 WORKSPACE_BYTES = 16 << 20   # a chunk's buffers: larger ones run no faster (docs/PERFORMANCE.md)
-MIN_CHUNK_COLUMNS = 1024     # GEMM columns of a chunk at least, for BLAS to run at full speed
+MIN_CHUNK_COLUMNS = 256      # GEMM columns of a chunk at least, for BLAS to run at full speed
 ALGORITHMS = ("auto", "im2col", "winograd2", "winograd4")
 # Below this many input channels a Winograd layer moves more transformed tiles than it saves
 # multiplications (VGG16's conv1_1, C = 3, is faster by im2col): docs/PERFORMANCE.md.
@@ -228,9 +228,9 @@ class Conv2d:
         m = int(self.used[-1])
         c, f = self.in_channels, self.out_channels
         a2, tw, step, chunks = self._winograd_chunks(xp, m, dy.dtype)
-        # U, V (then dV), Z, dU, and a second dU to add the chunks' shares (when there are several)
-        u, v, z, du, *part = self.workspace.arrays(xp, dy.dtype, (a2, f, c), (a2, c, step * tw), (a2, f, step * tw),
-                                                   *[(a2, f, c)] * (1 + (len(chunks) > 1)))
+        # U, V (then dV), Z, dU, and one tile position's share of a later chunk in dU
+        u, v, z, du, part = self.workspace.arrays(xp, dy.dtype, (a2, f, c), (a2, c, step * tw),
+                                                  (a2, f, step * tw), (a2, f, c), (f, c))
         dx = xp.zeros(self.x_shape, dtype=dy.dtype) if self.needs_input_grad else None
         if dx is not None:                   # dV needs U again: recomputed (cheaper than keeping it)
             winograd.filter_transform(self.params["weight"].astype(dy.dtype, copy=False), m, out=u)
@@ -244,7 +244,8 @@ class Conv2d:
                     if index == 0:
                         xp.matmul(tiles_z, tiles_v.transpose(0, 2, 1), out=du)
                     else:
-                        du += xp.matmul(tiles_z, tiles_v.transpose(0, 2, 1), out=part[0])
+                        for k in range(a2):
+                            du[k] += xp.matmul(tiles_z[k], tiles_v[k].T, out=part)
                 if dx is not None:                               # dV = U^T Z, in V's place
                     xp.matmul(u.transpose(0, 2, 1), tiles_z, out=tiles_v)
                     winograd.input_transform_adjoint(tiles_v, m, dx, (g0, g1))
