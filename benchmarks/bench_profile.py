@@ -5,17 +5,20 @@
 Two workloads, as benchmarks/bench_model.py: the training step (2 images of 224x320, 128 RoIs,
 conv3_1 and above trained) and the test forward (1 image of 320x480, 1000 RoIs).
 
-minidet: every layer's forward and backward is timed, and inside them the calls that do the work:
-    gemm        numpy.matmul (the convolutions' GEMMs) and the fully connected layers (one GEMM
-                each, with its bias added in place)
-    transforms  im2col, col2im and the Winograd transforms
-    roi_pool    RoI pooling, forward and backward
-    max_pool    the four max poolings
-    elementwise ReLU, dropout, flatten, the loss, and what a convolution does besides its GEMMs and
-                transforms (bias, gathering dy, zeroing dx, the bias gradient)
-    python      the rest of the step: the time outside every layer and the loss (the loop, calls)
+minidet: every layer's forward and backward is timed, and inside the convolutions the calls that
+do the work:
+    conv gemm        numpy.matmul: the convolutions' GEMMs (BLAS)
+    conv transforms  im2col, col2im and the Winograd transforms
+    conv other       the rest of a convolution: bias, gathering dy, zeroing dx, the bias gradient
+    fully connected  fc6, fc7 and the two heads: one GEMM each (BLAS) and its bias
+    roi_pool         RoI pooling, forward and backward
+    max_pool         the four max poolings
+    elementwise      ReLU, dropout, flatten and the loss
+    python           the rest of the step: the time outside every layer (the loop, the calls)
+and "blas" = conv gemm + fully connected, "conv" = the three conv parts.
 torch: its time on the same clock, shared out by torch.profiler's self CPU time per operator and
-grouped the same way (its convolutions are one operator each: "conv" holds all their work).
+grouped the same way (a convolution is one operator: "conv" holds all its work; "fully connected"
+is addmm and mm).
 
 Writes benchmarks/results/bench_profile.json and bench_profile.png (per-layer bars of minidet and the
 shares of both frameworks).
@@ -37,10 +40,11 @@ from minidet import losses  # noqa: E402
 from minidet.models.fast_rcnn import FastRCNN  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_profile.json")
-CATEGORIES = ("gemm", "transforms", "roi_pool", "max_pool", "elementwise", "python")
+CATEGORIES = ("conv gemm", "conv transforms", "conv other", "fully connected", "roi_pool", "max_pool",
+              "elementwise", "python")
 TORCH_GROUPS = {  # operator name fragments -> category
-    "convolution": "conv", "conv2d": "conv", "addmm": "gemm", "aten::mm": "gemm", "roi_pool": "roi_pool",
-    "max_pool": "max_pool",
+    "convolution": "conv", "conv2d": "conv", "addmm": "fully connected", "aten::mm": "fully connected",
+    "roi_pool": "roi_pool", "max_pool": "max_pool",
 }
 
 
@@ -98,7 +102,7 @@ class Profiler:
 
 def kind_of(layer_name):
     if layer_name.startswith(("fc", "cls_score", "bbox_pred")):
-        return "gemm"
+        return "fully connected"
     if layer_name.startswith("roi_pool"):
         return "roi_pool"
     if layer_name.startswith("pool"):
@@ -113,11 +117,16 @@ def categories(layers, inner, total):
     for name, seconds in layers.items():
         if not name.startswith("conv"):
             shares[kind_of(name)] += seconds
-    shares["gemm"] += inner["gemm"]
-    shares["transforms"] += inner["transforms"]
-    shares["elementwise"] += conv - inner["gemm"] - inner["transforms"]
+    shares["conv gemm"], shares["conv transforms"] = inner["gemm"], inner["transforms"]
+    shares["conv other"] = conv - inner["gemm"] - inner["transforms"]
     shares["python"] = max(total - sum(layers.values()), 0.0)
     return shares
+
+
+def summary(shares):
+    """The shares the comparison needs: BLAS and all of the convolutions."""
+    return {"blas": shares.get("conv gemm", 0.0) + shares["fully connected"],
+            "conv": shares.get("conv", 0.0) + sum(v for k, v in shares.items() if k.startswith("conv "))}
 
 
 def profile_minidet(model, work, repeat, clock):
@@ -135,7 +144,7 @@ def profile_minidet(model, work, repeat, clock):
         profiler.remove()
     shares = categories(layers, defaultdict(float, inner), total)
     return {"total_s": total, "layers_s": dict(sorted(layers.items(), key=lambda kv: -kv[1])),
-            "categories_s": shares, "conv_inner_s": inner}
+            "categories_s": shares, "summary_s": summary(shares), "conv_inner_s": inner}
 
 
 def profile_torch(torch, work, repeat, clock):
@@ -156,7 +165,8 @@ def profile_torch(torch, work, repeat, clock):
         group = next((g for fragment, g in TORCH_GROUPS.items() if fragment in key), "elementwise")
         shares[group] += seconds / profiled * total
     top = {k: v / profiled * total for k, v in sorted(ops.items(), key=lambda kv: -kv[1])[:20]}
-    return {"total_s": total, "categories_s": dict(shares), "top_ops_s": top}
+    shares = {key: shares[key] for key in ("conv", "fully connected", "roi_pool", "max_pool", "elementwise")}
+    return {"total_s": total, "categories_s": shares, "summary_s": summary(shares), "top_ops_s": top}
 
 
 def plot(results, path):
@@ -177,7 +187,7 @@ def plot(results, path):
         ax.tick_params(axis="y", labelsize=7)
         ax = axes[1][column]
         frameworks = [f for f in ("minidet", "torch") if f in results[work]]
-        keys = sorted({k for f in frameworks for k in results[work][f]["categories_s"]})
+        keys = [k for k in ("conv", *CATEGORIES) if any(k in results[work][f]["categories_s"] for f in frameworks)]
         left = np.zeros(len(frameworks))
         for key in keys:
             values = np.array([results[work][f]["categories_s"].get(key, 0.0) for f in frameworks])
@@ -262,7 +272,8 @@ def main(argv=None):
             if framework in results[work]:
                 entry = results[work][framework]
                 parts = "  ".join(f"{k} {v:.3f}" for k, v in sorted(entry["categories_s"].items(), key=lambda kv: -kv[1]))
-                print(f"{work:<13} {framework:<8} {entry['total_s']:.3f} s   {parts}")
+                print(f"{work:<13} {framework:<8} {entry['total_s']:.3f} s   blas {entry['summary_s']['blas']:.3f}"
+                      f"  conv {entry['summary_s']['conv']:.3f}  |  {parts}")
     return 0
 
 
