@@ -1,18 +1,27 @@
 """Convolution and fully connected layers on the CPU: minidet against torch, side by side.
 
-    python benchmarks/bench_layers.py [--repeat 5] [--quick] [--threads N] [--clock wall|cpu]
+    python benchmarks/bench_layers.py [--repeat 5] [--rounds 3] [--quick] [--threads N] [--clock wall|cpu]
+                                      [--algorithms auto,im2col,winograd2,winograd4] [--accuracy]
 
 Rows (VGG16 Fast R-CNN shapes, float32, 2 images of 224x320):
 - conv3_1: Conv2d(128, 256, 3, padding=1) on (2, 128, 56, 80);
 - conv4_2: Conv2d(512, 512, 3, padding=1) on (2, 512, 28, 40);
 - fc6:     Linear(25088, 4096) on 128 RoIs (skipped when minidet.nn.linear is absent).
-Each is timed forward only and forward + backward (input, weight and bias gradients). torch runs
+Each convolution row is timed with every algorithm of --algorithms (default: auto, the layer's
+own choice), forward only and forward + backward (input, weight and bias gradients). torch runs
 torch.nn.functional.conv2d / linear, the backward through autograd, with torch.set_num_threads
 equal to the BLAS thread count numpy uses (or --threads). minidet and torch are timed in separate
-blocks, each after a warm-up run, so that neither pays for the other's idle-spinning threads.
-Reported per row: median and minimum seconds, GFLOP/s (2 flops per multiply-add; the backward
-costs twice the forward) and the ratio minidet / torch of the medians (below 1: minidet is faster).
-Written to benchmarks/results/bench_layers.json with a description of the machine.
+blocks, each after a warm-up run, so that neither pays for the other's idle-spinning threads; the
+pair of blocks is repeated --rounds times, and a row reports the medians over the rounds.
+Reported per row: median and minimum seconds, GFLOP/s (2 flops per multiply-add of the direct
+convolution; the backward costs twice the forward), the ratio minidet / torch of the medians (below
+1: minidet is faster) and the median of the rounds' ratios. Written to
+benchmarks/results/bench_layers.json with a description of the machine and the load average.
+
+--accuracy adds the float32 error of every VGG16 convolution for each algorithm against float64
+im2col: real weights (--weights, default the shared vgg16_hed_conv.npz) on a real image
+(--image, preprocessed as the model does), each layer on the float64 network's input rounded to
+float32, as max |y32 - y64| / max |y64| and as a relative RMS.
 
 On a machine busy with other work, wall times say more about the neighbours than about the
 code: `--threads 1 --clock cpu` then compares the work itself (CPU seconds of one thread).
@@ -30,6 +39,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import machine_info, time_call, write_json  # noqa: E402
 from minidet.nn.conv import Conv2d  # noqa: E402
+
+ALGORITHMS = ("im2col", "winograd2", "winograd4")
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_layers.json")
 
@@ -62,11 +74,11 @@ def cpu_time_call(fn, repeat=5, warmup=1):
     return {"median_s": statistics.median(times), "min_s": min(times), "runs": repeat}
 
 
-def conv_workload(shape, rng, torch):
+def conv_workload(shape, rng, torch, algorithm="auto"):
     n, c, f, h, w = shape
     x = rng.standard_normal((n, c, h, w), dtype=np.float32)
     dy = rng.standard_normal((n, f, h, w), dtype=np.float32)
-    conv = Conv2d(c, f, 3, padding=1, rng=rng)
+    conv = Conv2d(c, f, 3, padding=1, rng=rng, algorithm=algorithm)
     flops = 2 * n * f * c * 9 * h * w
     ours = {"forward": lambda: conv.forward(x),
             "forward+backward": lambda: (conv.forward(x), conv.backward(dy))}
@@ -85,7 +97,8 @@ def conv_workload(shape, rng, torch):
             F.conv2d(tx, tw, tb, padding=1).backward(tdy)
 
         theirs = {"forward": torch_forward, "forward+backward": torch_forward_backward}
-    return f"x {(n, c, h, w)} -> {(n, f, h, w)}, 3x3 pad 1", flops, ours, theirs
+    description = f"x {(n, c, h, w)} -> {(n, f, h, w)}, 3x3 pad 1, {conv.choose_algorithm(x)}"
+    return description, flops, ours, theirs
 
 
 def linear_workload(shape, rng, torch):
@@ -116,28 +129,72 @@ def linear_workload(shape, rng, torch):
     return f"x {(n, fan_in)} -> {(n, fan_out)}", flops, ours, theirs
 
 
-def measure(name, workload, repeat, warmup, timer=time_call):
-    """The rows of one layer: forward and forward+backward, minidet and torch."""
+def measure(name, workload, repeat, warmup, timer=time_call, rounds=1):
+    """The rows of one layer: forward and forward+backward, minidet and torch, `rounds` times."""
     description, flops, ours, theirs = workload
     rows = []
     for direction in ("forward", "forward+backward"):
         work = flops * (1 if direction == "forward" else 3)
-        row = {"layer": name, "shape": description, "pass": direction, "gflop": work / 1e9}
-        mine = timer(ours[direction], repeat=repeat, warmup=warmup)
-        row |= {"minidet_median_s": mine["median_s"], "minidet_min_s": mine["min_s"],
-                "minidet_gflops": work / mine["median_s"] / 1e9}
+        row = {"layer": name, "shape": description, "pass": direction, "gflop": work / 1e9, "rounds": rounds}
+        mine, ref = [], []
+        for _ in range(rounds):
+            mine.append(timer(ours[direction], repeat=repeat, warmup=warmup))
+            if theirs is not None:
+                ref.append(timer(theirs[direction], repeat=repeat, warmup=warmup))
+        median = statistics.median(m["median_s"] for m in mine)
+        row |= {"minidet_median_s": median, "minidet_min_s": min(m["min_s"] for m in mine),
+                "minidet_gflops": work / median / 1e9}
         if theirs is not None:
-            ref = timer(theirs[direction], repeat=repeat, warmup=warmup)
-            row |= {"torch_median_s": ref["median_s"], "torch_min_s": ref["min_s"],
-                    "torch_gflops": work / ref["median_s"] / 1e9,
-                    "ratio": mine["median_s"] / ref["median_s"],
-                    "ratio_of_minima": mine["min_s"] / ref["min_s"]}
+            ref_median = statistics.median(r["median_s"] for r in ref)
+            row |= {"torch_median_s": ref_median, "torch_min_s": min(r["min_s"] for r in ref),
+                    "torch_gflops": work / ref_median / 1e9,
+                    "ratio": median / ref_median,
+                    "ratio_of_minima": row["minidet_min_s"] / min(r["min_s"] for r in ref),
+                    "median_of_round_ratios": statistics.median(m["median_s"] / r["median_s"]
+                                                                for m, r in zip(mine, ref))}
         rows.append(row)
         torch_text = (f"torch {row['torch_median_s'] * 1e3:8.1f} ms ({row['torch_gflops']:5.1f} GFLOP/s)  "
                       f"ratio {row['ratio']:.2f} (of minima {row['ratio_of_minima']:.2f})") if theirs else "torch -"
-        print(f"{name:<8} {direction:<17} minidet {row['minidet_median_s'] * 1e3:8.1f} ms "
+        print(f"{name:<18} {direction:<17} minidet {row['minidet_median_s'] * 1e3:8.1f} ms "
               f"({row['minidet_gflops']:5.1f} GFLOP/s)  {torch_text}", flush=True)
     return rows
+
+
+def vgg16_accuracy(weights_path, image_path, size):
+    """Per VGG16 convolution and algorithm: the float32 error against float64 im2col on real data."""
+    import cv2
+
+    from minidet.data.transforms import prepare_image
+    from minidet.models.vgg16 import conv_names
+    from minidet.nn.pool import MaxPool2d
+    from minidet.weights import load_weights
+
+    state, convention = load_weights(weights_path)
+    image = cv2.imread(image_path)
+    if image is None:
+        raise FileNotFoundError(f"{image_path}: not an image OpenCV can read")
+    chw, _ = prepare_image(image, convention, target_size=size, max_size=1000)
+    x = chw[None].astype(np.float64)
+    table = {}
+    for name in conv_names():
+        weight, bias = state[f"{name}.weight"], state[f"{name}.bias"]
+        exact = Conv2d(weight.shape[1], weight.shape[0], 3, padding=1, dtype=np.float64, algorithm="im2col")
+        exact.params = {"weight": weight.astype(np.float64), "bias": bias.astype(np.float64)}
+        y = exact.forward(x)
+        table[name] = {"input": list(x.shape)}
+        for algorithm in ALGORITHMS:
+            conv = Conv2d(weight.shape[1], weight.shape[0], 3, padding=1, algorithm=algorithm)
+            conv.params = {"weight": weight, "bias": bias}
+            y32 = conv.forward(x.astype(np.float32)).astype(np.float64)
+            table[name][algorithm] = {
+                "max_error_over_max": float(np.abs(y32 - y).max() / np.abs(y).max()),
+                "rms_relative": float(np.sqrt(np.mean((y32 - y) ** 2) / np.mean(y ** 2)))}
+        x = np.maximum(y, 0)
+        if name.endswith(("1_2", "2_2", "3_3", "4_3")):
+            x = MaxPool2d(2, 2, ceil_mode=True).forward(x)
+        print(f"{name:<8} " + "  ".join(f"{a} {e['max_error_over_max']:.1e}" for a, e in table[name].items()
+                                         if a != "input"), flush=True)
+    return {"weights": weights_path, "image": image_path, "target_size": size, "layers": table}
 
 
 def main(argv=None):
@@ -151,6 +208,15 @@ def main(argv=None):
                              "(default: numpy's BLAS thread count)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall seconds (default) or CPU seconds of the process")
+    parser.add_argument("--rounds", type=int, default=3, help="minidet/torch block pairs per row (default 3)")
+    parser.add_argument("--algorithms", default="auto",
+                        help="convolution algorithms to time, comma-separated (default auto)")
+    parser.add_argument("--accuracy", action="store_true", help="add the per-layer float32 error study")
+    parser.add_argument("--weights", default=os.path.join(SHARED, "weights", "vgg16_hed_conv.npz"),
+                        help="VGG16 weights for --accuracy")
+    parser.add_argument("--image", default=os.path.join(SHARED, "fast-rcnn-demo", "000004.jpg"),
+                        help="image for --accuracy")
+    parser.add_argument("--image-size", type=int, default=600, help="shorter side of the --accuracy image")
     parser.add_argument("--out", default=RESULTS, help=f"JSON output (default {os.path.relpath(RESULTS)})")
     args = parser.parse_args(argv)
     repeat = 2 if args.quick else args.repeat
@@ -171,16 +237,23 @@ def main(argv=None):
         print("torch is not installed: timing minidet only")
 
     timer = time_call if args.clock == "wall" else cpu_time_call
-    rng = np.random.default_rng(0)
-    rows = []
+    rounds = 1 if args.quick else args.rounds
+    results = {"benchmark": "bench_layers", "repeat": repeat, "rounds": rounds, "dtype": "float32",
+               "clock": args.clock, "machine": machine_info(threads), "load_average": os.getloadavg(), "rows": []}
+    rows = results["rows"]
     for name, shape in CONV_ROWS.items():
-        rows += measure(name, conv_workload(shape, rng, torch), repeat, 1, timer)
+        for algorithm in args.algorithms.split(","):
+            rng = np.random.default_rng(0)
+            label = name if algorithm == "auto" else f"{name} {algorithm}"
+            rows += measure(label, conv_workload(shape, rng, torch, algorithm), repeat, 1, timer, rounds)
     if importlib.util.find_spec("minidet.nn.linear") is not None:
-        rows += measure("fc6", linear_workload(FC6, rng, torch), repeat, 1, timer)
+        rows += measure("fc6", linear_workload(FC6, np.random.default_rng(0), torch), repeat, 1, timer, rounds)
     else:
         print("fc6: skipped, minidet.nn.linear is not present")
-    write_json(args.out, {"benchmark": "bench_layers", "repeat": repeat, "dtype": "float32", "clock": args.clock,
-                          "machine": machine_info(threads), "rows": rows})
+    results["load_average_after"] = os.getloadavg()
+    if args.accuracy:
+        results["accuracy"] = vgg16_accuracy(args.weights, args.image, args.image_size)
+    write_json(args.out, results)
     return 0
 
 

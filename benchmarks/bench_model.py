@@ -1,19 +1,25 @@
 """The whole VGG16 Fast R-CNN on the CPU, minidet against the same network in torch, side by side.
 
-    python benchmarks/bench_model.py --repeat 2 [--threads 2] [--profile] [--svd]
+    python benchmarks/bench_model.py --repeat 2 [--rounds 2] [--threads 2] [--profile] [--svd] [--accuracy]
 
 Two workloads, the paper's shapes at a reduced image size:
 - train step: 2 images of 224x320, 128 RoIs, forward + loss + backward (conv3_1 and above trained);
 - test forward: 1 image of 320x480, 1000 RoIs.
 The torch network is built from torch.nn.functional (conv2d, relu, max_pool2d with ceil_mode,
 linear, dropout) and torchvision.ops.roi_pool, with minidet's weights, on the same thread count.
-The ratios (minidet time / torch time; below 1 means minidet is faster) go to
-benchmarks/results/bench_model.json. --profile adds minidet's time per layer (forward and
+minidet and torch are timed in blocks, one after the other, --rounds times; the ratios (minidet
+time / torch time; below 1 means minidet is faster, medians over the rounds) go to
+benchmarks/results/bench_model.json, with the load average before and after and the algorithm of
+every convolution. --accuracy adds the float32 network's outputs against the same network in
+float64 with im2col convolutions (the reference): the test forward's cls_score and bbox_pred and
+the training step's loss and gradients, as max |a32 - a64| / max |a64|, on real VGG16 weights and a
+real image when ../shared/data holds them (random data otherwise). --profile adds minidet's time per layer (forward and
 backward) and torch's time per operator; --svd adds the truncated-SVD report of the test forward
 (fc6 rank 1024, fc7 rank 256: fc time before and after, change of the outputs).
 """
 import argparse
 import os
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -25,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import machine_info, time_call, write_json  # noqa: E402
 from minidet.losses import fast_rcnn_loss  # noqa: E402
 from minidet.models.fast_rcnn import FastRCNN  # noqa: E402
+from minidet.nn.dropout import Dropout  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_model.json")
 
@@ -137,6 +144,61 @@ class TorchFastRCNN:
             return self.eval().forward(images, rois)
 
 
+def accuracy_report(model, test_rois, train_rois, targets, size):  # noqa: C901
+    """float32 outputs and gradients of `model` against a float64 im2col copy of it (max error / max)."""
+    import cv2
+
+    shared = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
+    weights = os.path.join(shared, "weights", "vgg16_hed_conv.npz")
+    image_path = os.path.join(shared, "fast-rcnn-demo", "000004.jpg")
+    report = {"data": "random"}
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((1, 3, *size)).astype(np.float32)
+    if os.path.exists(weights) and os.path.exists(image_path) and model.width == 1:
+        from minidet.data.transforms import normalize
+        from minidet.weights import load_weights
+
+        state, convention = load_weights(weights)
+        model.load_state_dict(state, strict=False)
+        image = cv2.resize(cv2.imread(image_path), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        images = normalize(image, convention)[None]
+        report["data"] = {"weights": weights, "image": image_path, "resized_to": list(size)}
+    exact = FastRCNN(num_classes=model.num_classes, width=model.width, fc_dim=model.fc_dim, dtype=np.float64,
+                     dropout=0.0)
+    exact.load_state_dict(model.state_dict())
+    for _, layer in exact.named_layers():
+        if hasattr(layer, "algorithm"):
+            layer.algorithm = "im2col"
+    dropout = model.dropout
+    for _, layer in model.named_layers():
+        if isinstance(layer, Dropout):
+            layer.p = 0.0                          # the same network in both precisions
+    try:
+        def relative(a, b):
+            return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+
+        ours, theirs = model.forward(images, test_rois), exact.forward(images.astype(np.float64), test_rois)
+        report["test_forward"] = {"cls_score": relative(ours[0], theirs[0]), "bbox_pred": relative(ours[1], theirs[1])}
+        batch = np.ascontiguousarray(np.concatenate([images, images[..., ::-1]]))   # the image and its mirror
+        losses = []
+        for net, x in ((model, batch), (exact, batch.astype(np.float64))):
+            cls, box = net.forward(x, train_rois, train=True)
+            loss, dcls, dbox = fast_rcnn_loss(cls, box, *targets)
+            net.backward(dcls, dbox)
+            losses.append(loss)
+        reference = exact.grads()
+        grads = {name: relative(g, reference[name]) for name, g in model.grads().items()}
+        report["train_step"] = {"loss": relative(losses[0], losses[1]), "worst_gradient": max(grads.values()),
+                                "gradients": grads}
+    finally:
+        for _, layer in model.named_layers():
+            if isinstance(layer, Dropout):
+                layer.p = dropout
+    report["algorithms"] = {name: layer.choose_algorithm(images) for name, layer in model.named_layers()
+                            if hasattr(layer, "choose_algorithm")}
+    return report
+
+
 def torch_profile(torch, fn, runs):
     """Self CPU time per torch operator, seconds per run, largest first (top 15)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -162,6 +224,9 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true", help="time minidet per layer and torch per operator")
     parser.add_argument("--svd", action="store_true", help="truncated-SVD report on the test forward")
     parser.add_argument("--no-torch", action="store_true", help="time minidet alone")
+    parser.add_argument("--rounds", type=int, default=2, help="minidet/torch block pairs (default 2)")
+    parser.add_argument("--accuracy", action="store_true",
+                        help="float32 outputs and gradients against float64 im2col (real weights and image)")
     parser.add_argument("--out", default=RESULTS, help=f"JSON output (default {RESULTS})")
     args = parser.parse_args(argv)
 
@@ -189,30 +254,42 @@ def main(argv=None):
     test_images = rng.standard_normal((1, 3, sh, sw)).astype(np.float32)
     test_rois = random_rois(rng, args.test_rois, 1, sh, sw)
 
-    results = {"machine": machine_info(args.threads), "repeat": args.repeat,
+    results = {"machine": machine_info(args.threads), "repeat": args.repeat, "rounds": args.rounds,
+               "load_average": os.getloadavg(),
                "network": {"width": args.width, "fc_dim": args.fc_dim, "trainable_from": model.trainable_from},
+               "algorithms": {name: layer.choose_algorithm(train_images)
+                              for name, layer in model.named_layers() if hasattr(layer, "choose_algorithm")},
                "train_step": {"images": [2, 3, th, tw], "rois": args.train_rois},
                "test_forward": {"images": [1, 3, sh, sw], "rois": args.test_rois}}
-    print(f"minidet train step ({2}x3x{th}x{tw}, {args.train_rois} RoIs) ...", flush=True)
-    results["train_step"]["minidet"] = time_call(
-        lambda: minidet_train_step(model, train_images, train_rois, targets), repeat=args.repeat)
-    print(f"minidet test forward (1x3x{sh}x{sw}, {args.test_rois} RoIs) ...", flush=True)
-    results["test_forward"]["minidet"] = time_call(
-        lambda: model.forward(test_images, test_rois), repeat=args.repeat)
-
+    works = {"train_step": (lambda: minidet_train_step(model, train_images, train_rois, targets), None),
+             "test_forward": (lambda: model.forward(test_images, test_rois), None)}
     if torch is not None:
         net = TorchFastRCNN(model, torch, torchvision)
         t_train = [torch.from_numpy(train_images), torch.from_numpy(train_rois), torch.from_numpy(targets[0]),
                    torch.from_numpy(targets[1]), torch.from_numpy(targets[2])]
         t_test = torch.from_numpy(test_images), torch.from_numpy(test_rois)
-        print("torch train step ...", flush=True)
-        results["train_step"]["torch"] = time_call(lambda: net.train_step(*t_train), repeat=args.repeat)
-        print("torch test forward ...", flush=True)
-        results["test_forward"]["torch"] = time_call(lambda: net.test_forward(*t_test), repeat=args.repeat)
-        for work in ("train_step", "test_forward"):
+        works = {"train_step": (works["train_step"][0], lambda: net.train_step(*t_train)),
+                 "test_forward": (works["test_forward"][0], lambda: net.test_forward(*t_test))}
+    runs = {(work, framework): [] for work in works for framework in ("minidet", "torch")}
+    for round_index in range(args.rounds):
+        for work, (ours, theirs) in works.items():
+            for framework, fn in (("minidet", ours), ("torch", theirs)):
+                if fn is not None:
+                    print(f"round {round_index + 1}/{args.rounds}: {framework} {work} ...", flush=True)
+                    runs[work, framework].append(time_call(fn, repeat=args.repeat))
+    for (work, framework), timings in runs.items():
+        if timings:
+            results[work][framework] = {"median_s": statistics.median(t["median_s"] for t in timings),
+                                        "min_s": min(t["min_s"] for t in timings),
+                                        "round_medians_s": [t["median_s"] for t in timings]}
+    if torch is not None:
+        for work in works:
             entry = results[work]
             entry["ratio_minidet_over_torch"] = entry["minidet"]["median_s"] / entry["torch"]["median_s"]
-        results["targets"] = {"train_step": 1.3, "test_forward": 1.2}
+            entry["median_of_round_ratios"] = statistics.median(
+                a / b for a, b in zip(entry["minidet"]["round_medians_s"], entry["torch"]["round_medians_s"]))
+        results["targets"] = {"train_step": 0.6, "test_forward": 0.45}
+    results["load_average_after"] = os.getloadavg()
 
     if args.profile:
         print("profiling ...", flush=True)
@@ -239,6 +316,12 @@ def main(argv=None):
         report["test_forward_after"] = time_call(lambda: model.forward(test_images, test_rois), repeat=args.repeat)
         results["svd"] = report
 
+    if args.accuracy:
+        print("float32 against float64 im2col ...", flush=True)
+        results["accuracy"] = accuracy_report(model, test_rois, train_rois, targets, (sh, sw))
+        print(f"accuracy: test forward {results['accuracy']['test_forward']}, train step loss "
+              f"{results['accuracy']['train_step']['loss']:.1e}, worst gradient "
+              f"{results['accuracy']['train_step']['worst_gradient']:.1e}")
     write_json(args.out, results)
     for work in ("train_step", "test_forward"):
         entry = results[work]

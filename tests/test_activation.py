@@ -46,3 +46,31 @@ def test_relu_matches_torch(rng):
     ty.backward(as_torch(dy))
     assert_close(relu.forward(x), ty)
     assert_close(relu.backward(dy), tx.grad)
+
+
+@given(inputs)
+def test_relu_in_place_gives_the_same_output_and_gradient(x):
+    dy = np.arange(1.0, x.size + 1).reshape(x.shape)
+    plain = ReLU()
+    y, dx = plain.forward(x), plain.backward(dy)
+    inplace = ReLU(inplace=True)
+    x2, dy2 = x.copy(), dy.copy()
+    y2 = inplace.forward(x2)
+    assert y2 is x2                                    # written over its input
+    np.testing.assert_array_equal(y2, y)
+    dx2 = inplace.backward(dy2)
+    assert dx2 is dy2
+    np.testing.assert_array_equal(dx2, dx)
+
+
+def test_relu_keeps_its_output_as_the_mask_and_nothing_when_no_backward_comes(rng):
+    x = rng.standard_normal((3, 4))
+    relu = ReLU()
+    y = relu.forward(x)
+    assert relu.y is y and not [v for v in vars(relu).values() if isinstance(v, np.ndarray) and v is not y]
+    relu.needs_input_grad = False
+    relu.forward(x)
+    assert relu.y is None
+    relu.needs_input_grad, relu.training = True, False
+    relu.forward(x)
+    assert relu.y is None

@@ -3,8 +3,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import minidet.nn.conv as conv_module
 from minidet.gradcheck import check_layer
-from minidet.nn.conv import Conv2d
+from minidet.nn.conv import SHARED_WORKSPACE, Conv2d, Workspace
 from minidet.ops.im2col import col2im, col2im_reference, im2col, im2col_reference
 from tests.reference import as_torch, assert_close, require_torch
 
@@ -20,7 +21,9 @@ def conv_case(draw, dtypes=(np.float32, np.float64), max_size=7):
     w = draw(st.integers(max(1, kw - 2 * pw), max_size))
     dtype = draw(st.sampled_from(dtypes))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    conv = Conv2d(c, f, (kh, kw), (sh, sw), (ph, pw), dtype=dtype, rng=rng)
+    winograd_fits = (kh, kw, sh, sw, ph, pw) == (3, 3, 1, 1, 1, 1)
+    algorithm = draw(st.sampled_from(["auto", "im2col"] + ["winograd2", "winograd4"] * winograd_fits))
+    conv = Conv2d(c, f, (kh, kw), (sh, sw), (ph, pw), dtype=dtype, rng=rng, algorithm=algorithm)
     conv.params["bias"][:] = rng.standard_normal(f)
     return conv, rng.standard_normal((n, c, h, w)).astype(dtype)
 
@@ -135,7 +138,7 @@ def test_conv_frozen_leaves_grads_empty_and_still_returns_dx(rng):
     conv.forward(x)
     np.testing.assert_allclose(conv.backward(dy), dx)
     assert conv.grads == {}
-    assert conv.cols is None                      # nothing kept for a weight gradient
+    assert conv.x is None                         # nothing kept for a weight gradient
 
 
 def test_conv_without_input_grad_returns_none_and_fills_grads(rng):
@@ -205,3 +208,83 @@ def test_conv_rejects_wrong_channels_and_too_small_inputs(rng):
         conv.forward(np.zeros((1, 2, 8, 8), np.float32))
     with pytest.raises(ValueError, match="does not fit"):
         conv.forward(np.zeros((1, 3, 4, 8), np.float32))
+
+
+@st.composite
+def output_rows(draw, n, oh):
+    g0 = draw(st.integers(0, n * oh - 1))
+    return g0, draw(st.integers(g0 + 1, n * oh))
+
+
+@given(conv_case(dtypes=(np.float64,)), st.data())
+def test_im2col_of_a_range_of_rows_is_that_slice_of_the_whole(case, data):
+    conv, x = case
+    geometry = conv.kernel_size, conv.stride, conv.padding
+    _, _, oh, ow = conv.output_shape(x.shape)
+    g0, g1 = data.draw(output_rows(x.shape[0], oh))
+    whole = im2col(x, *geometry)
+    np.testing.assert_array_equal(im2col(x, *geometry, rows=(g0, g1)), whole[:, g0 * ow:g1 * ow])
+    # col2im of the chunks, added up, is col2im of the whole
+    d = np.random.default_rng(0).standard_normal(whole.shape)
+    dx = np.zeros(x.shape)
+    for rows in ((0, g0), (g0, g1), (g1, x.shape[0] * oh)):
+        if rows[1] > rows[0]:
+            col2im(d[:, rows[0] * ow:rows[1] * ow], x.shape, *geometry, out=dx, rows=rows)
+    np.testing.assert_allclose(dx, col2im(d, x.shape, *geometry), rtol=1e-12, atol=1e-12)
+
+
+@given(conv_case(dtypes=(np.float64,), max_size=9), st.integers(1, 12))
+def test_conv_in_chunks_of_rows_equals_one_chunk(case, min_columns):
+    # a one-byte workspace gives chunks of ceil(min_columns / OW) output rows, inside images and across them
+    conv, x = case
+    whole = Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                   dtype=np.float64, algorithm=conv.algorithm, workspace=Workspace(1 << 30))
+    whole.params = conv.params
+    conv.workspace = Workspace(1)
+    dy = np.random.default_rng(0).standard_normal(conv.output_shape(x.shape))
+    saved, conv_module.MIN_CHUNK_COLUMNS = conv_module.MIN_CHUNK_COLUMNS, min_columns
+    try:
+        y, dx = conv.forward(x), conv.backward(dy)
+    finally:
+        conv_module.MIN_CHUNK_COLUMNS = saved
+    np.testing.assert_allclose(y, whole.forward(x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, whole.backward(dy), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv.grads["weight"], whole.grads["weight"], rtol=1e-11, atol=1e-11)
+
+
+def test_convolutions_share_one_workspace_sized_for_the_largest_chunk(rng):
+    SHARED_WORKSPACE.release()
+    small, large = Conv2d(4, 4, 3, padding=1, rng=rng), Conv2d(4, 32, 3, padding=1, rng=rng)
+    assert small.workspace is large.workspace is SHARED_WORKSPACE
+    x = rng.standard_normal((2, 4, 30, 30)).astype(np.float32)
+    large.forward(x)
+    after_large = SHARED_WORKSPACE.nbytes
+    small.forward(x)
+    assert SHARED_WORKSPACE.nbytes == after_large > 0           # the small layer fits in the large one's buffer
+    assert not any(isinstance(v, np.ndarray) and v.nbytes > 4096 for v in vars(small).values()
+                   if v is not small.x)                          # no buffer of its own
+
+
+def test_conv_keeps_its_input_only_for_a_weight_gradient(rng):
+    conv = Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=rng)
+    x = rng.standard_normal((1, 2, 6, 5))
+    conv.forward(x)
+    assert conv.x is x                                          # a reference, not a copy
+    conv.training = False                                       # test mode: nothing kept, no backward
+    conv.forward(x)
+    assert conv.x is None
+    with pytest.raises(RuntimeError, match="training mode"):
+        conv.backward(np.ones((1, 3, 6, 5)))
+    conv.training, conv.frozen = True, True                     # frozen: dx needs the weights only
+    conv.forward(x)
+    assert conv.x is None and conv.backward(np.ones((1, 3, 6, 5))).shape == x.shape
+
+
+def test_conv_auto_takes_winograd_for_float32_3x3_and_im2col_otherwise(rng):
+    vgg = Conv2d(64, 64, 3, padding=1, rng=rng)
+    assert vgg.choose_algorithm(np.zeros((1, 64, 8, 8), np.float32)).startswith("winograd")
+    assert vgg.choose_algorithm(np.zeros((1, 64, 8, 8), np.float64)) == "im2col"
+    assert Conv2d(3, 64, 3, padding=1).choose_algorithm(np.zeros((1, 3, 8, 8), np.float32)) == "im2col"
+    assert Conv2d(64, 64, 3, stride=2, padding=1).choose_algorithm(np.zeros((1, 64, 8, 8), np.float32)) == "im2col"
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        Conv2d(3, 4, 3, algorithm="fft")

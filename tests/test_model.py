@@ -150,7 +150,7 @@ def test_layers_below_trainable_from_do_no_backward_work(rng, monkeypatch):
 def test_training_only_the_heads_and_fcs(rng):
     model = tiny_model(trainable_from="fc6")
     rois = random_rois(rng, 4, 1, 32, 32)
-    cls_score, bbox_pred = model.forward(rng.standard_normal((1, 3, 32, 32)), rois)
+    cls_score, bbox_pred = model.train().forward(rng.standard_normal((1, 3, 32, 32)), rois)
     model.backward(np.ones_like(cls_score), np.ones_like(bbox_pred))
     assert sorted({k.split(".")[0] for k in model.grads()}) == ["bbox_pred", "cls_score", "fc6", "fc7"]
     model.set_trainable_from("cls_score")

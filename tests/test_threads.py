@@ -1,7 +1,9 @@
 """The threaded paths of the CPU kernels give exactly the single-thread results.
 
-The kernels split work over threads only above a size (minidet.ops.im2col.PARALLEL_MIN_SIZE and
-the max-pool ones), which no other test reaches; here the thresholds are lowered to 0.
+The kernels split work over threads only above a size (PARALLEL_MIN_SIZE of minidet.ops.im2col and
+minidet.ops.winograd, the max-pool ones), which no other test reaches; here the thresholds are
+lowered to 0. The equality tests skip unless the kernels really run on more than one thread (built
+with OpenMP, on a machine that gives them two or more).
 """
 import importlib
 
@@ -12,29 +14,103 @@ import minidet.threads as threads
 from minidet.nn.conv import Conv2d
 from minidet.nn.linear import Linear
 from minidet.nn.pool import MaxPool2d
+from minidet.ops import winograd
+from minidet.ops.roi_pool import roi_pool, roi_pool_backward
 
 im2col_ops = importlib.import_module("minidet.ops.im2col")
 maxpool_ops = importlib.import_module("minidet.ops.maxpool")
 
+needs_threads = pytest.mark.skipif(threads.kernel_threads() < 2,
+                                   reason="the kernels run on one thread here (no OpenMP, or one core)")
 
-def run_conv_and_pool(dtype):
+
+@pytest.fixture
+def parallel_everywhere(monkeypatch):
+    """Every kernel that can split its work does so, however small the call."""
+    for module, name in ((im2col_ops, "PARALLEL_MIN_SIZE"), (winograd, "PARALLEL_MIN_SIZE"),
+                         (maxpool_ops, "FORWARD_PARALLEL_MIN_SIZE"), (maxpool_ops, "BACKWARD_PARALLEL_MIN_SIZE")):
+        monkeypatch.setattr(module, name, 0)
+
+
+def run_conv_and_pool(dtype, algorithm):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 5, 17, 23)).astype(dtype)
-    conv, pool = Conv2d(5, 7, 3, stride=1, padding=1, dtype=dtype, rng=1), MaxPool2d(2, ceil_mode=True)
+    conv = Conv2d(5, 7, 3, stride=1, padding=1, dtype=dtype, rng=1, algorithm=algorithm)
+    pool = MaxPool2d(2, ceil_mode=True)
     y = pool.forward(conv.forward(x))
     dy = rng.standard_normal(y.shape).astype(dtype)
     dx = conv.backward(pool.backward(dy))
     return [y, dx, conv.grads["weight"], conv.grads["bias"], pool.argmax]
 
 
+@needs_threads
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd2", "winograd4"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_threaded_kernels_equal_single_thread_kernels(monkeypatch, dtype):
-    single = run_conv_and_pool(dtype)
-    monkeypatch.setattr(im2col_ops, "PARALLEL_MIN_SIZE", 0)
-    monkeypatch.setattr(maxpool_ops, "FORWARD_PARALLEL_MIN_SIZE", 0)
-    monkeypatch.setattr(maxpool_ops, "BACKWARD_PARALLEL_MIN_SIZE", 0)
-    for a, b in zip(run_conv_and_pool(dtype), single):
+def test_threaded_conv_and_pool_kernels_equal_single_thread_kernels(request, dtype, algorithm):
+    single = run_conv_and_pool(dtype, algorithm)
+    request.getfixturevalue("parallel_everywhere")
+    for a, b in zip(run_conv_and_pool(dtype, algorithm), single):
         np.testing.assert_array_equal(a, b)
+
+
+@needs_threads
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+def test_threaded_winograd_transforms_equal_single_thread_ones(request, m):
+    # every transform, on a range of tile rows that starts and ends inside images
+    rng = np.random.default_rng(m)
+    x, dy = rng.standard_normal((3, 6, 19, 30)), rng.standard_normal((3, 5, 19, 30))
+    w = rng.standard_normal((5, 6, 3, 3))
+    rows = (2, 3 * winograd.tiles(19, m) - 1)
+
+    def transforms():
+        v = winograd.input_transform(x, m, rows)
+        z = winograd.output_transform_adjoint(dy, m, rows)
+        u = winograd.filter_transform(w, m)
+        y = winograd.output_transform(u @ v, np.ones(5), m, np.zeros(dy.shape), rows)
+        dx = winograd.input_transform_adjoint(u.transpose(0, 2, 1) @ z, m, np.zeros(x.shape), rows)
+        return [v, z, u, y, dx, winograd.filter_transform_adjoint(z @ v.transpose(0, 2, 1), m)]
+
+    single = transforms()
+    request.getfixturevalue("parallel_everywhere")
+    for a, b in zip(transforms(), single):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_threads
+def test_threaded_col2im_equals_single_thread_col2im(request):
+    rng = np.random.default_rng(0)
+    shape, geometry = (2, 4, 13, 11), ((3, 2), (2, 1), (1, 1))      # OH = 7, OW = 12
+    cols = rng.standard_normal(im2col_ops.im2col(np.zeros(shape), *geometry).shape)
+    part = cols[:, 12 * 3:]                                           # output rows 3 .. 13: from inside image 0
+
+    def both():
+        return [im2col_ops.col2im(cols, shape, *geometry),
+                im2col_ops.col2im(part, shape, *geometry, out=np.ones(shape), rows=(3, 14))]
+
+    single = both()
+    request.getfixturevalue("parallel_everywhere")
+    for a, b in zip(both(), single):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_threads
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_roi_pool_backward_on_several_threads_equals_one_thread(dtype):
+    # the backward always runs in parallel (blocks of channels); on one OpenMP thread it runs serially
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 70, 20, 24)).astype(dtype)
+    x1 = rng.uniform(0, 300, 200)
+    y1 = rng.uniform(0, 250, 200)
+    rois = np.stack([rng.integers(0, 2, 200), x1, y1, x1 + rng.uniform(0, 200, 200),
+                     y1 + rng.uniform(0, 150, 200)], axis=1).astype(dtype)
+    y, argmax = roi_pool(x, rois)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    threaded = roi_pool_backward(dy, argmax, x.shape, rois)
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert threads.kernel_threads() == 1
+        single = roi_pool_backward(dy, argmax, x.shape, rois)
+    np.testing.assert_array_equal(threaded, single)
 
 
 def test_blas_threads_limits_small_products_and_restores_the_pool():

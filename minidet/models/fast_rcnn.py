@@ -171,7 +171,8 @@ class FastRCNN:
         self.lowest_trained = names.index(name)
         heads_start = names.index("cls_score")
         for index, (_, layer) in enumerate(layers):
-            if not layer.params:        # ReLU, pools, dropout, reshape: nothing to train
+            if not layer.params:        # ReLU, pools, dropout, reshape: nothing to train, and below the
+                layer.needs_input_grad = index > self.lowest_trained   # lowest trained one no backward comes
                 continue
             layer.frozen = index < self.lowest_trained
             # the heads both read fc7: when they are the lowest trained layers, neither needs dx

@@ -58,7 +58,7 @@ def vgg16_trunk(width=1.0, dtype=np.float32, rng=None, depth=VGG16_DEPTH, stages
         for i in range(1, count + 1):
             layers.append((f"conv{stage}_{i}", Conv2d(in_channels, channels, 3, stride=1, padding=1,
                                                       dtype=dtype, rng=rng)))
-            layers.append((f"relu{stage}_{i}", ReLU()))
+            layers.append((f"relu{stage}_{i}", ReLU(inplace=True)))   # over the convolution's own output
             in_channels = channels
         if stage < stages:
             layers.append((f"pool{stage}", MaxPool2d(2, stride=2, ceil_mode=True)))

@@ -1,10 +1,68 @@
-"""2-D convolution as im2col + one GEMM for the whole batch."""
+"""2-D convolution, by im2col + GEMM or by Winograd's minimal filtering, in chunks of a shared workspace."""
 import numpy as np
 
 from minidet.backend import get_array_module
 from minidet.nn.layer import Layer
+from minidet.ops import im2col as im2col_ops
+from minidet.ops import winograd
 from minidet.ops.im2col import col2im, conv_output_size, im2col, pair
 from minidet.threads import blas_threads
+
+WORKSPACE_BYTES = 16 << 20   # a chunk's buffers: larger ones run no faster (docs/PERFORMANCE.md)
+MIN_CHUNK_COLUMNS = 256      # GEMM columns of a chunk at least, for BLAS to run at full speed
+ALGORITHMS = ("auto", "im2col", "winograd2", "winograd4")
+# Below this many input channels a Winograd layer moves more transformed tiles than it saves
+# multiplications (VGG16's conv1_1, C = 3, is faster by im2col): docs/PERFORMANCE.md.
+WINOGRAD_MIN_CHANNELS = 16
+
+
+class Workspace:
+    """Scratch memory that convolutions share, one layer at a time, as Caffe's col_buffer.
+
+    A convolution asks for its buffers (im2col's cols, Winograd's tiles, ...) for one chunk of its
+    output rows at a time, beside a few of the size of its weights; `max_bytes` bounds a chunk's
+    buffers (unless MIN_CHUNK_COLUMNS, or the whole images that GPU kernels need, take more), so
+    the workspace holds one chunk of the most demanding layer, not one buffer per layer. One flat
+    array per array module (NumPy, CuPy), grown on demand, never shrunk until `release()`. Layers
+    that may run at the same time (threads) need workspaces of their own.
+    """
+
+    def __init__(self, max_bytes=WORKSPACE_BYTES):
+        self.max_bytes = int(max_bytes)
+        self._flat = {}
+
+    @property
+    def nbytes(self):
+        return sum(int(flat.nbytes) for flat in self._flat.values())
+
+    def release(self):
+        """Drop the buffers (the next layer allocates again)."""
+        self._flat.clear()
+
+    def chunk_rows(self, total, row_bytes, row_columns, granule=1):
+        """Rows per chunk: as many as fit max_bytes at row_bytes each, but at least MIN_CHUNK_COLUMNS
+        GEMM columns (row_columns per row), a multiple of granule, at most total."""
+        rows = max(self.max_bytes // max(int(row_bytes), 1), -(-MIN_CHUNK_COLUMNS // max(int(row_columns), 1)))
+        rows = max(granule, rows // granule * granule)
+        return int(min(rows, total))
+
+    def arrays(self, xp, dtype, *shapes):
+        """C-contiguous arrays of these shapes, carved one after another out of the shared buffer."""
+        itemsize = np.dtype(dtype).itemsize
+        sizes = [-(-int(np.prod(shape)) * itemsize // 64) * 64 for shape in shapes]   # 64-byte aligned
+        flat = self._flat.get(xp)
+        if flat is None or flat.size < sum(sizes):
+            self._flat[xp] = None                     # let the old buffer go before the new one comes
+            flat = self._flat[xp] = xp.empty(sum(sizes), dtype=np.uint8)
+        views, offset = [], 0
+        for shape, size in zip(shapes, sizes):
+            count = int(np.prod(shape))
+            views.append(flat[offset:offset + count * itemsize].view(dtype).reshape(shape))
+            offset += size
+        return views
+
+
+SHARED_WORKSPACE = Workspace()
 
 
 class Conv2d(Layer):
@@ -13,91 +71,196 @@ class Conv2d(Layer):
     Shapes: x (N, C, H, W) -> y (N, F, OH, OW), OH = (H + 2p - kh) // s + 1 (likewise OW).
     params: "weight" (F, C, kh, kw), "bias" (F,), He-initialised: W ~ N(0, 2 / (C*kh*kw)), b = 0.
 
-    As matrices, with cols = im2col(x) (C*kh*kw, N*OH*OW) and Y = y as (F, N*OH*OW):
-        forward    Y = W2 @ cols + b          W2 = W.reshape(F, C*kh*kw)
-        backward   dW2 = dY @ cols.T,  db = dY summed over its columns,
-                   dcols = W2.T @ dY,  dx = col2im(dcols)
-    `frozen` skips dW and db (grads stays empty); `needs_input_grad = False` skips dx
-    (backward returns None), as for the first layers of a pretrained network.
+    algorithm: "im2col" (minidet.ops.im2col: any kernel, stride, padding and dtype), "winograd2" or
+    "winograd4" (minidet.ops.winograd, F(2x2, 3x3) or F(4x4, 3x3): 3x3, stride 1, pad 1 only), or
+    "auto": F(4x4, 3x3) for float32 NumPy inputs of at least WINOGRAD_MIN_CHANNELS channels where it
+    applies, im2col otherwise. The choice changes the rounding (docs/PERFORMANCE.md gives the
+    errors), never the weights, so checkpoints do not record it.
 
-    Why im2col and not the copy-free form of a stride-1 convolution (kh*kw GEMMs over
-    shifted views of the padded input, accumulated into the output), measured on VGG16's
-    conv3_1 and conv4_2 (2 images of 224x320, one thread, CPU ms, im2col vs shifted):
-    forward 89 vs 95 and 147 vs 156, forward + backward 218 vs 257 and 465 vs 462. The
-    Cython im2col costs 2-10 ms next to 40-80 ms of GEMM, the one GEMM with
-    K = C*kh*kw runs at full speed where the K = C ones lose up to 17% (C = 128), and
-    accumulating needs a GEMM with beta = 1, which numpy's matmul does not offer: SciPy's
-    BLAS does, but it is a second OpenBLAS thread pool, and alternating GEMMs between the
-    two pools (as convolutions and fully connected layers would) took 1.4-1.7x the time
-    of each alone.
-
-    The cols and dcols buffers are kept and reused while the shapes allow, so a training
-    loop does not allocate (and page-fault) hundreds of megabytes per layer and iteration.
+    The layer keeps only its input, and only when a backward will need it for the weight gradient
+    (trained, in training mode); the backward recomputes im2col's columns (or the input tiles) from
+    it, chunk by chunk, as Caffe's weight_cpu_gemm does. `frozen` skips dW and db (grads stays
+    empty); `needs_input_grad = False` skips dx (backward returns None). All buffers come from
+    `workspace` (default: the one SHARED_WORKSPACE of every convolution).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 dtype=np.float32, rng=None):
+                 dtype=np.float32, rng=None, algorithm="auto", workspace=None):
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding = pair(kernel_size), pair(stride), pair(padding)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        if algorithm.startswith("winograd") and not self.winograd_applies():
+            raise ValueError(f"{algorithm} takes 3x3 kernels with stride 1 and padding 1, got kernel "
+                             f"{self.kernel_size}, stride {self.stride}, padding {self.padding}")
+        self.algorithm = algorithm
+        self.workspace = SHARED_WORKSPACE if workspace is None else workspace
         rng = np.random.default_rng(rng)
         kh, kw = self.kernel_size
         fan_in = self.in_channels * kh * kw
         weight = rng.normal(0.0, np.sqrt(2.0 / fan_in), (self.out_channels, self.in_channels, kh, kw))
         self.params = {"weight": weight.astype(dtype), "bias": np.zeros(self.out_channels, dtype=dtype)}
-        self.cols = None
+        self.x = None            # the input, kept for the weight gradient only
         self.x_shape = None
-        self._buffers = {}
+        self.used = None         # the algorithm of the last forward, which its backward follows
+
+    def winograd_applies(self):
+        return self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
 
     def output_shape(self, x_shape):
         n, _, h, w = x_shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         return n, self.out_channels, conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
 
+    def choose_algorithm(self, x):
+        """The algorithm that a forward of x runs: `algorithm`, with "auto" resolved."""
+        if self.algorithm != "auto":
+            return self.algorithm
+        fast = (get_array_module(x) is np and x.dtype == np.float32 and self.winograd_applies()
+                and self.in_channels >= WINOGRAD_MIN_CHANNELS)
+        return "winograd4" if fast else "im2col"
+
     def forward(self, x):
         xp = get_array_module(x)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2d({self.in_channels}, {self.out_channels}) takes (N, "
                              f"{self.in_channels}, H, W) inputs, got shape {x.shape}")
-        n, f, oh, ow = self.output_shape(x.shape)
-        w2 = self.params["weight"].reshape(f, -1).astype(x.dtype, copy=False)
+        y = xp.empty(self.output_shape(x.shape), dtype=x.dtype)
+        weight = self.params["weight"].astype(x.dtype, copy=False)
         bias = self.params["bias"].astype(x.dtype, copy=False)
-        cols = im2col(x, self.kernel_size, self.stride, self.padding,
-                      out=self._buffer("cols", (w2.shape[1], n * oh * ow), x.dtype, xp))
-        with blas_threads(2 * cols.size * f, xp):
-            out = xp.matmul(w2, cols, out=self._buffer("out", (f, n * oh * ow), x.dtype, xp))
-        y = xp.empty((n, f, oh, ow), dtype=x.dtype)
-        xp.add(out.reshape(f, n, oh * ow).transpose(1, 0, 2), bias[:, None], out=y.reshape(n, f, oh * ow))
-        self.x_shape = x.shape
-        self.cols = None if self.frozen else cols                     # dW = dY @ cols.T
+        self.used, self.x_shape = self.choose_algorithm(x), x.shape
+        if self.used == "im2col":
+            self._forward_im2col(x, weight, bias, y)
+        else:
+            self._forward_winograd(x, weight, bias, y, int(self.used[-1]))
+        self.x = x if self.training and not self.frozen else None    # dW reads it; nothing else does
         return y
 
     def backward(self, dy):
-        xp = get_array_module(dy)
         if self.frozen:
             self.grads.clear()
             if not self.needs_input_grad:
                 return None
-        n, f, oh, ow = dy.shape
+        elif self.x is None:
+            raise RuntimeError("Conv2d.backward needs a forward in training mode first (the input "
+                               "is kept for the weight gradient only then)")
         weight = self.params["weight"]
-        dy2 = dy.transpose(1, 0, 2, 3).reshape(f, n * oh * ow)       # dY, (F, N*OH*OW)
-        with blas_threads(2 * weight.size * n * oh * ow, xp):          # flops of each GEMM
-            if not self.frozen:
-                self.grads["weight"] = (dy2 @ self.cols.T).reshape(weight.shape).astype(weight.dtype, copy=False)
-                self.grads["bias"] = dy2.sum(axis=1).astype(weight.dtype, copy=False)
-            if not self.needs_input_grad:
-                return None
-            w2 = weight.reshape(f, -1).astype(dy.dtype, copy=False)
-            dcols = self._buffer("dcols", (w2.shape[1], n * oh * ow), dy.dtype, xp)
-            xp.matmul(w2.T, dy2, out=dcols)
-        return col2im(dcols, self.x_shape, self.kernel_size, self.stride, self.padding)
+        dw, dx = self._backward_im2col(dy) if self.used == "im2col" else self._backward_winograd(dy)
+        if not self.frozen:
+            self.grads["weight"] = dw.reshape(weight.shape).astype(weight.dtype, copy=False)
+            self.grads["bias"] = dy.sum(axis=(0, 2, 3)).astype(weight.dtype, copy=False)
+        return dx
 
-    def _buffer(self, name, shape, dtype, xp):
-        """A C-contiguous `shape` view of a kept flat array, grown (never shrunk) on demand."""
-        size = int(np.prod(shape))
-        flat = self._buffers.get(name)
-        if (flat is None or flat.size < size or flat.dtype != dtype
-                or get_array_module(flat) is not xp):
-            flat = xp.empty(size, dtype=dtype)
-            self._buffers[name] = flat
-        return flat[:size].reshape(shape)
+    # ---- im2col: Y = W2 @ cols, dW2 = dY @ cols^T, dcols = W2^T @ dY (see minidet.ops.im2col) ----
+
+    def _geometry(self):
+        return self.kernel_size, self.stride, self.padding
+
+    def _chunks(self, total, row_bytes, row_columns, granule):
+        step = self.workspace.chunk_rows(total, row_bytes, row_columns, granule)
+        return step, [(g0, min(g0 + step, total)) for g0 in range(0, total, step)]
+
+    def _forward_im2col(self, x, weight, bias, y):
+        xp = get_array_module(x)
+        n, f, oh, ow = y.shape
+        w2 = weight.reshape(f, -1)
+        k, item = w2.shape[1], x.dtype.itemsize
+        step, chunks = self._chunks(n * oh, (k + f) * ow * item, ow, im2col_ops.row_granule(xp, oh))
+        cols, out = self.workspace.arrays(xp, x.dtype, (k, step * ow), (f, step * ow))
+        for g0, g1 in chunks:
+            chunk_cols, chunk_out = _first_columns(cols, (g1 - g0) * ow), _first_columns(out, (g1 - g0) * ow)
+            im2col(x, *self._geometry(), out=chunk_cols, rows=(g0, g1))
+            with blas_threads(2 * f * k * chunk_cols.shape[1], xp):
+                xp.matmul(w2, chunk_cols, out=chunk_out)
+            for img, r0, r1, c0 in _image_rows(g0, g1, oh):      # out is (F, rows x OW): y is per image
+                xp.add(chunk_out[:, c0 * ow:(c0 + r1 - r0) * ow].reshape(f, r1 - r0, ow), bias[:, None, None],
+                       out=y[img, :, r0:r1])
+
+    def _backward_im2col(self, dy):
+        xp = get_array_module(dy)
+        n, f, oh, ow = dy.shape
+        w2 = self.params["weight"].reshape(f, -1).astype(dy.dtype, copy=False)
+        k, item = w2.shape[1], dy.dtype.itemsize
+        step, chunks = self._chunks(n * oh, (k + f) * ow * item, ow, im2col_ops.row_granule(xp, oh))
+        cols, dy2, part = self.workspace.arrays(xp, dy.dtype, (k, step * ow), (f, step * ow), (f, k))
+        dw = None if self.frozen else xp.zeros((f, k), dtype=dy.dtype)
+        dx = xp.zeros(self.x_shape, dtype=dy.dtype) if self.needs_input_grad else None
+        for g0, g1 in chunks:
+            chunk_cols, chunk_dy = _first_columns(cols, (g1 - g0) * ow), _first_columns(dy2, (g1 - g0) * ow)
+            for img, r0, r1, c0 in _image_rows(g0, g1, oh):      # dY (F, rows x OW) of the chunk
+                chunk_dy[:, c0 * ow:(c0 + r1 - r0) * ow].reshape(f, r1 - r0, ow)[...] = dy[img, :, r0:r1]
+            with blas_threads(2 * f * k * chunk_cols.shape[1], xp):
+                if dw is not None:                               # dW2 += dY @ cols^T, cols recomputed
+                    im2col(self.x, *self._geometry(), out=chunk_cols, rows=(g0, g1))
+                    dw += xp.matmul(chunk_dy, chunk_cols.T, out=part)
+                if dx is not None:                               # dcols = W2^T @ dY, in cols' place
+                    xp.matmul(w2.T, chunk_dy, out=chunk_cols)
+                    col2im(chunk_cols, self.x_shape, *self._geometry(), out=dx, rows=(g0, g1))
+        return dw, dx
+
+    # ---- Winograd: M = U V per tile position, the adjoints in reverse (see minidet.ops.winograd) ----
+
+    def _winograd_chunks(self, xp, m, dtype):
+        """(a*a, TW, rows per chunk, [(g0, g1)]) of tile rows, for the input of the last forward."""
+        n, c, h, w = self.x_shape
+        a2, th, tw = (m + 2) ** 2, winograd.tiles(h, m), winograd.tiles(w, m)
+        row_bytes = a2 * (c + self.out_channels) * tw * np.dtype(dtype).itemsize   # V and M (or Z) of a row
+        return (a2, tw) + self._chunks(n * th, row_bytes, tw, winograd.row_granule(xp, th))
+
+    def _forward_winograd(self, x, weight, bias, y, m):
+        xp = get_array_module(x)
+        c, f = self.in_channels, self.out_channels
+        a2, tw, step, chunks = self._winograd_chunks(xp, m, x.dtype)
+        u, v, mm = self.workspace.arrays(xp, x.dtype, (a2, f, c), (a2, c, step * tw), (a2, f, step * tw))
+        winograd.filter_transform(weight, m, out=u)
+        for g0, g1 in chunks:
+            tiles_v, product = _first_columns(v, (g1 - g0) * tw), _first_columns(mm, (g1 - g0) * tw)
+            winograd.input_transform(x, m, (g0, g1), out=tiles_v)
+            with blas_threads(2 * f * c * tiles_v.shape[-1], xp):          # flops of each GEMM
+                xp.matmul(u, tiles_v, out=product)
+            winograd.output_transform(product, bias, m, y, (g0, g1))
+
+    def _backward_winograd(self, dy):
+        xp = get_array_module(dy)
+        m = int(self.used[-1])
+        c, f = self.in_channels, self.out_channels
+        a2, tw, step, chunks = self._winograd_chunks(xp, m, dy.dtype)
+        # U, V (then dV), Z, dU, and one tile position's share of a later chunk in dU
+        u, v, z, du, part = self.workspace.arrays(xp, dy.dtype, (a2, f, c), (a2, c, step * tw),
+                                                  (a2, f, step * tw), (a2, f, c), (f, c))
+        dx = xp.zeros(self.x_shape, dtype=dy.dtype) if self.needs_input_grad else None
+        if dx is not None:                   # dV needs U again: recomputed (cheaper than keeping it)
+            winograd.filter_transform(self.params["weight"].astype(dy.dtype, copy=False), m, out=u)
+        for index, (g0, g1) in enumerate(chunks):
+            width = (g1 - g0) * tw
+            tiles_v, tiles_z = _first_columns(v, width), _first_columns(z, width)
+            winograd.output_transform_adjoint(dy, m, (g0, g1), out=tiles_z)
+            with blas_threads(2 * f * c * width, xp):
+                if not self.frozen:                              # dU += Z V^T, V recomputed
+                    winograd.input_transform(self.x, m, (g0, g1), out=tiles_v)
+                    if index == 0:
+                        xp.matmul(tiles_z, tiles_v.transpose(0, 2, 1), out=du)
+                    else:
+                        for k in range(a2):
+                            du[k] += xp.matmul(tiles_z[k], tiles_v[k].T, out=part)
+                if dx is not None:                               # dV = U^T Z, in V's place
+                    xp.matmul(u.transpose(0, 2, 1), tiles_z, out=tiles_v)
+                    winograd.input_transform_adjoint(tiles_v, m, dx, (g0, g1))
+        dw = None if self.frozen else winograd.filter_transform_adjoint(du, m)
+        return dw, dx
+
+
+def _first_columns(buffer, width):
+    """The first `width` entries of the last axis of a workspace buffer (..., step), as a
+    C-contiguous (..., width) array over the same memory (not a strided slice of it)."""
+    shape = buffer.shape[:-1] + (width,)
+    return buffer.reshape(-1)[:int(np.prod(shape))].reshape(shape)
+
+
+def _image_rows(g0, g1, rows_per_image):
+    """(image, first row, end row, offset of the first row in the chunk) of global rows [g0, g1)."""
+    for img in range(g0 // rows_per_image, -(-g1 // rows_per_image)):
+        r0 = max(g0 - img * rows_per_image, 0)
+        r1 = min(g1 - img * rows_per_image, rows_per_image)
+        yield img, r0, r1, img * rows_per_image + r0 - g0

@@ -5,9 +5,19 @@ For x (N, C, H, W), a kh x kw kernel, stride (sh, sw) and zero padding (ph, pw):
     cols[(c*kh + i)*kw + j, (n*OH + oh)*OW + ow] = xpad[n, c, oh*sh + i, ow*sw + j]
     cols: (C*kh*kw, N*OH*OW),  OH = (H + 2*ph - kh) // sh + 1,  OW = (W + 2*pw - kw) // sw + 1
 
-so a convolution with weights W (F, C, kh, kw) is `W.reshape(F, -1) @ cols`, (F, N*OH*OW),
-one GEMM for the whole batch. col2im is its adjoint (transpose): it adds every column
-entry back onto the input pixel it was copied from, which is how dL/dcols becomes dL/dx.
+so a convolution with weights W (F, C, kh, kw) and bias b is one GEMM for the whole batch, and
+its gradients two more, with W2 = W.reshape(F, C*kh*kw) and Y, dY = y, dL/dy as (F, N*OH*OW):
+
+    forward    Y = W2 @ cols + b
+    backward   dW2 = dY @ cols^T,  db = dY summed over its columns,  dcols = W2^T @ dY,  dx = col2im(dcols)
+
+col2im is im2col's adjoint (transpose): it adds every column entry back onto the input pixel it
+was copied from, which is how dL/dcols becomes dL/dx.
+
+A layer too large for one cols buffer runs in chunks of output rows: `rows` = (g0, g1) selects
+the rows g = n*OH + oh in [g0, g1), whose columns are (g - g0)*OW + ow, and col2im then adds the
+chunk's share into dx (neighbouring chunks reach the same input rows). The CPU kernels take any
+range; the GPU kernels whole images (`row_granule`).
 
 NumPy arrays go to the Cython kernels (minidet/_ext/im2col.pyx), CuPy arrays to the
 RawKernels in minidet/ops/cuda/im2col.cu; `im2col_reference` / `col2im_reference` are
@@ -19,16 +29,9 @@ from minidet._ext import im2col as _cpu
 from minidet.backend import get_array_module
 from minidet.ops.cuda import kernel, launch, scalar_name
 
-# The CPU kernels split their work over OpenMP's threads only from this many elements of
-# cols (128 MiB of float32, 20-25 ms of copying on one core); below it they run on the
-# calling thread. A parallel call is a fork and a join, and on a busy machine (2 cores,
-# load average 5-10 of other work) the second thread waits tens of ms for a core: a
-# 1 ms kernel took 47 ms on 2 threads. Shorter calls cannot win that back, and the copies
-# of a narrow network are many and short: every im2col/col2im of FastRCNN.small's train
-# step moves 2-13 M elements (4-10 ms), and with the copies and poolings on 2 threads (its
-# GEMMs on one) the step took 1.7 s instead of 0.4-0.6 s with everything on one thread
-# (load average 6-7). On an idle machine 2 threads halve a copy, which below the
-# threshold saves at most ~10 ms, next to GEMMs several times longer.
+# Elements of cols from which the CPU kernels split their work over OpenMP's threads (about 20 ms
+# of copying on one core): shorter calls lose more waiting for a second core on a busy machine
+# than they gain (docs/PERFORMANCE.md, "Threads").
 PARALLEL_MIN_SIZE = 1 << 25
 
 
@@ -66,43 +69,71 @@ def _check_float(x):
         raise TypeError(f"im2col/col2im take float32 or float64 arrays, got {x.dtype}")
 
 
-def im2col(x, kernel_size, stride=1, padding=0, out=None):
-    """cols (C*kh*kw, N*OH*OW) of x (N, C, H, W); written into `out` when given (reused buffer)."""
+def row_granule(xp, rows_per_image):
+    """The output rows a chunk must be a multiple of: any on the CPU, whole images on the GPU."""
+    return 1 if xp is np else int(rows_per_image)
+
+
+def _rows(rows, n, oh, xp):
+    """(g0, g1) of `rows` (default: all N*OH), checked; whole images unless the kernels are the CPU's."""
+    g0, g1 = (0, n * oh) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= g0 < g1 <= n * oh:
+        raise ValueError(f"rows must be a range of output rows inside [0, {n * oh}), got {rows!r}")
+    granule = row_granule(xp, oh)
+    if g0 % granule or g1 % granule:
+        raise ValueError(f"rows {rows!r} must cover whole images ({oh} rows each) on the GPU")
+    return g0, g1
+
+
+def im2col(x, kernel_size, stride=1, padding=0, out=None, rows=None):
+    """cols (C*kh*kw, (g1 - g0)*OW) of x (N, C, H, W), of the output rows rows = (g0, g1)
+    (default: all); written into `out` when given (a reused buffer)."""
     xp = get_array_module(x)
     _check_float(x)
     x = xp.ascontiguousarray(x)
-    geometry, (oh, ow), cols_shape = _geometry(x.shape, kernel_size, stride, padding)
+    geometry, (oh, ow), (k, _) = _geometry(x.shape, kernel_size, stride, padding)
+    g0, g1 = _rows(rows, x.shape[0], oh, xp)
+    cols_shape = (k, (g1 - g0) * ow)
     if out is None:
         out = xp.empty(cols_shape, dtype=x.dtype)
     elif out.shape != cols_shape or out.dtype != x.dtype or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous {cols_shape} {x.dtype} array")
     if xp is np:
-        _cpu.im2col(x, *geometry, out, out.size >= PARALLEL_MIN_SIZE)
+        _cpu.im2col(x, *geometry, out, g0, out.size >= PARALLEL_MIN_SIZE)
     else:
-        _im2col_gpu(x, geometry, (oh, ow), out)
+        _im2col_gpu(x[g0 // oh:g1 // oh], geometry, (oh, ow), out)      # whole images on the GPU
     return out
 
 
-def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out=None):
-    """dx (N, C, H, W) = im2col's adjoint applied to cols (C*kh*kw, N*OH*OW).
+def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out=None, rows=None):
+    """dx (N, C, H, W) = im2col's adjoint applied to cols (C*kh*kw, (g1 - g0)*OW).
 
     dx[n, c, ih, iw] = sum of the cols entries that im2col copied from x[n, c, ih, iw].
-    Written into `out` when given.
+    Without `rows`: all output rows, written into `out` when given. With rows = (g0, g1): the
+    share of those rows is added into `out`, which is then required.
     """
     xp = get_array_module(cols)
     _check_float(cols)
     cols = xp.ascontiguousarray(cols)
-    geometry, (oh, ow), cols_shape = _geometry(tuple(x_shape), kernel_size, stride, padding)
-    if cols.shape != cols_shape:
-        raise ValueError(f"cols must be {cols_shape} for x {tuple(x_shape)}, got {cols.shape}")
+    x_shape = tuple(int(d) for d in x_shape)
+    geometry, (oh, ow), (k, _) = _geometry(x_shape, kernel_size, stride, padding)
+    g0, g1 = _rows(rows, x_shape[0], oh, xp)
+    if cols.shape != (k, (g1 - g0) * ow):
+        raise ValueError(f"cols must be {(k, (g1 - g0) * ow)} for x {x_shape} and rows {rows!r}, got {cols.shape}")
+    if rows is not None and out is None:
+        raise ValueError("col2im with rows adds into out: give out")
     if out is None:
-        out = xp.empty(tuple(x_shape), dtype=cols.dtype)
-    elif tuple(out.shape) != tuple(x_shape) or out.dtype != cols.dtype or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous {tuple(x_shape)} {cols.dtype} array")
+        out = xp.empty(x_shape, dtype=cols.dtype)
+    elif tuple(out.shape) != x_shape or out.dtype != cols.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {x_shape} {cols.dtype} array")
     if xp is np:
-        _cpu.col2im(cols, *geometry, out, cols.size >= PARALLEL_MIN_SIZE)
-    else:
-        _col2im_gpu(cols, tuple(x_shape), geometry, (oh, ow), out)
+        _cpu.col2im(cols, *geometry, out, g0, rows is not None, cols.size >= PARALLEL_MIN_SIZE)
+        return out
+    n0, n1 = g0 // oh, g1 // oh
+    target = out[n0:n1] if rows is None else xp.empty((n1 - n0,) + x_shape[1:], dtype=cols.dtype)
+    _col2im_gpu(cols, target.shape, geometry, (oh, ow), target)
+    if rows is not None:
+        out[n0:n1] += target
     return out
 
 

@@ -157,6 +157,41 @@ def test_conv2d_reused_buffers_follow_the_device_and_the_shape(cp):
         assert_matches(layer.grads["weight"], reference.grads["weight"])
 
 
+@pytest.mark.parametrize("algorithm", ["winograd2", "winograd4"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_winograd_conv2d_gpu_matches_cpu(cp, algorithm, dtype):
+    # the GPU runs the transforms' plain array reference with cuBLAS GEMMs; the CPU the Cython kernels
+    rng = np.random.default_rng(6)
+    cpu = Conv2d(4, 6, 3, 1, 1, dtype=dtype, rng=np.random.default_rng(1), algorithm=algorithm)
+    gpu = Conv2d(4, 6, 3, 1, 1, dtype=dtype, algorithm=algorithm)
+    gpu.params = {name: value.copy() for name, value in cpu.params.items()}
+    on_gpu(cp, gpu)
+    x = rng.standard_normal((2, 4, 11, 13)).astype(dtype)
+    y = cpu.forward(x)
+    assert_matches(gpu.forward(cp.asarray(x)), y)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    assert_matches(gpu.backward(cp.asarray(dy)), cpu.backward(dy))
+    assert_matches(gpu.grads["weight"], cpu.grads["weight"])
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd4"])
+def test_conv2d_gpu_in_chunks_of_whole_images_matches_one_chunk(cp, algorithm, monkeypatch):
+    # a one-byte workspace: one image per chunk on the GPU (its kernels take whole images)
+    import minidet.nn.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "MIN_CHUNK_COLUMNS", 1)
+    Workspace = conv_module.Workspace
+    rng = np.random.default_rng(7)
+    whole = on_gpu(cp, Conv2d(3, 5, 3, 1, 1, dtype=np.float64, rng=np.random.default_rng(1), algorithm=algorithm))
+    chunked = Conv2d(3, 5, 3, 1, 1, dtype=np.float64, algorithm=algorithm, workspace=Workspace(1))
+    chunked.params = whole.params
+    x = cp.asarray(rng.standard_normal((3, 3, 9, 8)))
+    dy = cp.asarray(rng.standard_normal((3, 5, 9, 8)))
+    assert_matches(chunked.forward(x), asnumpy(whole.forward(x)))
+    assert_matches(chunked.backward(dy), asnumpy(whole.backward(dy)))
+    assert_matches(chunked.grads["weight"], asnumpy(whole.grads["weight"]))
+
+
 # ---- MaxPool2d ---------------------------------------------------------------------------------
 
 POOL_GEOMETRIES = [  # kernel, stride, padding, ceil_mode

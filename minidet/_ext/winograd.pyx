@@ -1,0 +1,331 @@
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) transforms on the CPU.
+
+The mathematics, the matrices B^T, G, A^T and the layouts V (a*a, C, T), M and Z (a*a, F, T),
+U (a*a, F, C) are in minidet/ops/winograd.py, beside a plain NumPy reference of every kernel here.
+The matrices come from there as arguments, so both tile sizes share one kernel.
+
+A call covers the tile rows g = n * TH + th in [g0, g0 + G). One task is one strip: a tile row of
+one channel (or filter). A strip is copied into a small per-thread scratch with its padding and its
+columns de-interleaved by phase (scratch[i, p, q] = xpad row i, column m * q + p), so that every
+1-D pass of a transform is `dst[t] = sum_j coef[j] * src_j[t]` over contiguous rows, tiles
+innermost; that loop and the (de-)interleaving are in winograd_loops.h, compiled for the widest
+vector unit the CPU has.
+
+All kernels release the GIL and run on the calling thread unless parallel=True (minidet/ops/winograd.py
+decides by size, as for im2col). Parallel tasks write disjoint outputs: the forward transforms own
+their strip's outputs; the input transform's adjoint adds overlapping tiles into dx, so a task there
+is a whole channel (all its tile rows in order) and no two threads add into the same plane.
+"""
+from cython.parallel cimport parallel, prange
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+ctypedef fused real:
+    float
+    double
+
+cdef enum:
+    MAX_TILE = 6        # a = m + 2 for the largest tile size, F(4x4, 3x3)
+    BLOCK_TILES = 256   # tiles per task: rows long enough to amortise each pass's loop
+
+
+cdef extern from "winograd_loops.h":
+    void combine_float(const float*, Py_ssize_t, const float**, float*, Py_ssize_t, bint) noexcept nogil
+    void combine_double(const double*, Py_ssize_t, const double**, double*, Py_ssize_t, bint) noexcept nogil
+    void split_float(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void split_double(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, double*, Py_ssize_t,
+                      Py_ssize_t) noexcept nogil
+    void merge_float(float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, float, bint) noexcept nogil
+    void merge_double(double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, double,
+                      bint) noexcept nogil
+
+
+cdef inline void combine(const real* coef, Py_ssize_t count, const real** src, real* dst,
+                         Py_ssize_t length, bint add) noexcept nogil:
+    """dst[t] (+)= sum_j coef[j] * src[j][t] for t < length; zero coefficients cost nothing."""
+    if real is float:
+        combine_float(coef, count, src, dst, length, add)
+    else:
+        combine_double(coef, count, src, dst, length, add)
+
+
+cdef inline void split_phases(const real* row, Py_ssize_t width, Py_ssize_t m, Py_ssize_t shift,
+                              real* dst, Py_ssize_t plane, Py_ssize_t q_len) noexcept nogil:
+    if real is float:
+        split_float(row, width, m, shift, dst, plane, q_len)
+    else:
+        split_double(row, width, m, shift, dst, plane, q_len)
+
+
+cdef inline void merge_phases(real* row, Py_ssize_t width, Py_ssize_t m, Py_ssize_t shift,
+                              const real* src, Py_ssize_t plane, real bias, bint add) noexcept nogil:
+    if real is float:
+        merge_float(row, width, m, shift, src, plane, bias, add)
+    else:
+        merge_double(row, width, m, shift, src, plane, bias, add)
+
+
+cdef inline Py_ssize_t block_rows(Py_ssize_t tw, Py_ssize_t left) noexcept nogil:
+    """Tile rows per block: about BLOCK_TILES tiles, at least one row, at most `left`."""
+    return min(max(BLOCK_TILES // tw, 1), left)
+
+
+cdef void input_block(const real[:, :, :, ::1] x, const real[:, ::1] bt, Py_ssize_t c, Py_ssize_t g,
+                      Py_ssize_t nb, Py_ssize_t col0, real[:, :, ::1] v, real* scratch) noexcept nogil:
+    """V[:, c, col0 : col0 + nb TW] = B^T d B of the tiles of tile rows g .. g + nb - 1."""
+    cdef Py_ssize_t a = bt.shape[0], m = a - 2, H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t TW = (W + m - 1) // m, TH = (H + m - 1) // m, Q = TW + 1
+    cdef Py_ssize_t P = nb * Q, L = nb * TW, b, n, th, i, j, k, row
+    cdef real* rows = scratch            # (a, m, nb, Q): padded input rows of each tile row, by phase
+    cdef real* down = rows + a * m * P   # (a, m, nb, Q): B^T applied down the tiles' columns
+    cdef real* cols = down + a * m * P   # (a, nb * TW): column j of every tile, for one k
+    cdef const real* src[MAX_TILE]
+    for b in range(nb):
+        n, th = (g + b) // TH, (g + b) % TH
+        for i in range(a):
+            row = m * th + i - 1
+            split_phases(&x[n, c, row, 0] if 0 <= row < H else NULL, W, m, 1, rows + i * m * P + b * Q, P, Q)
+    for i in range(a):
+        src[i] = rows + i * m * P
+    for k in range(a):
+        combine(&bt[k, 0], a, src, down + k * m * P, m * P, False)
+    for k in range(a):
+        for j in range(a):               # column j of tile tw is phase j % m, index tw + j // m
+            for b in range(nb):
+                memcpy(cols + j * L + b * TW, down + k * m * P + (j % m) * P + b * Q + j // m,
+                       TW * sizeof(real))
+            src[j] = cols + j * L
+        for i in range(a):
+            combine(&bt[i, 0], a, src, &v[k * a + i, c, col0], L, False)
+
+
+cdef void output_block(const real[:, :, ::1] mm, const real[:, ::1] at, real bias, Py_ssize_t f,
+                       Py_ssize_t g, Py_ssize_t nb, Py_ssize_t col0, real[:, :, :, ::1] y,
+                       real* scratch) noexcept nogil:
+    """y[n, f] of tile rows g .. g + nb - 1 = A^T M A + bias, cropped to y."""
+    cdef Py_ssize_t m = at.shape[0], a = at.shape[1], H = y.shape[2], W = y.shape[3]
+    cdef Py_ssize_t TW = (W + m - 1) // m, TH = (H + m - 1) // m, L = nb * TW
+    cdef Py_ssize_t b, n, th, i, j, r, s
+    cdef real* down = scratch            # (m, a, L): A^T applied down the tiles' columns
+    cdef real* phase = down + m * a * L  # (m, m, L): output (r, s) of every tile
+    cdef const real* src[MAX_TILE]
+    for j in range(a):
+        for i in range(a):
+            src[i] = &mm[i * a + j, f, col0]
+        for r in range(m):
+            combine(&at[r, 0], a, src, down + (r * a + j) * L, L, False)
+    for r in range(m):
+        for j in range(a):
+            src[j] = down + (r * a + j) * L
+        for s in range(m):
+            combine(&at[s, 0], a, src, phase + (r * m + s) * L, L, False)
+    for b in range(nb):
+        n, th = (g + b) // TH, (g + b) % TH
+        for r in range(m):
+            if m * th + r < H:
+                merge_phases(&y[n, f, m * th + r, 0], W, m, 0, phase + r * m * L + b * TW, L, bias, False)
+
+
+cdef void output_adjoint_block(const real[:, :, :, ::1] dy, const real[:, ::1] a_mat, Py_ssize_t f,
+                               Py_ssize_t g, Py_ssize_t nb, Py_ssize_t col0, real[:, :, ::1] z,
+                               real* scratch) noexcept nogil:
+    """Z[:, f, col0 : col0 + nb TW] = A dY A^T of the tiles of tile rows g .. g + nb - 1."""
+    cdef Py_ssize_t a = a_mat.shape[0], m = a_mat.shape[1], H = dy.shape[2], W = dy.shape[3]
+    cdef Py_ssize_t TW = (W + m - 1) // m, TH = (H + m - 1) // m, L = nb * TW
+    cdef Py_ssize_t b, n, th, i, j, r, row
+    cdef real* rows = scratch            # (m, m, L): dy rows of each tile row, by phase
+    cdef real* across = rows + m * m * L # (m, a, L): A applied across each tile
+    cdef const real* src[MAX_TILE]
+    for b in range(nb):
+        n, th = (g + b) // TH, (g + b) % TH
+        for r in range(m):
+            row = m * th + r
+            split_phases(&dy[n, f, row, 0] if row < H else NULL, W, m, 0, rows + r * m * L + b * TW, L, TW)
+    for r in range(m):
+        for i in range(m):
+            src[i] = rows + (r * m + i) * L
+        for j in range(a):
+            combine(&a_mat[j, 0], m, src, across + (r * a + j) * L, L, False)
+    for j in range(a):
+        for r in range(m):
+            src[r] = across + (r * a + j) * L
+        for i in range(a):
+            combine(&a_mat[i, 0], m, src, &z[i * a + j, f, col0], L, False)
+
+
+cdef void input_adjoint_block(const real[:, :, ::1] dv, const real[:, ::1] b_mat, Py_ssize_t c,
+                              Py_ssize_t g, Py_ssize_t nb, Py_ssize_t col0, real[:, :, :, ::1] dx,
+                              real* scratch) noexcept nogil:
+    """dx[n, c] += B dV B^T of every tile of tile rows g .. g + nb - 1, at its input pixels."""
+    cdef Py_ssize_t a = b_mat.shape[0], m = a - 2, H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t TW = (W + m - 1) // m, TH = (H + m - 1) // m, Q = TW + 1
+    cdef Py_ssize_t P = nb * Q, L = nb * TW, b, n, th, i, j, k, q, row
+    cdef real* cols = scratch            # (a, L): B applied across the tiles, column j, for one k
+    cdef real* across = cols + a * L     # (a, m, nb, Q): the same, added into padded columns by phase
+    cdef real* rows = across + a * m * P # (a, m, nb, Q): then down: padded input rows
+    cdef real* dst
+    cdef const real* part
+    cdef const real* src[MAX_TILE]
+    memset(across, 0, a * m * P * sizeof(real))
+    for k in range(a):
+        for i in range(a):
+            src[i] = &dv[k * a + i, c, col0]
+        for j in range(a):               # column j of tile tw lands on phase j % m, index tw + j // m
+            combine(&b_mat[j, 0], a, src, cols + j * L, L, False)
+            for b in range(nb):
+                dst = across + k * m * P + (j % m) * P + b * Q + j // m
+                part = cols + j * L + b * TW
+                for q in range(TW):
+                    dst[q] += part[q]
+    for k in range(a):
+        src[k] = across + k * m * P
+    for i in range(a):
+        combine(&b_mat[i, 0], a, src, rows + i * m * P, m * P, False)
+    for b in range(nb):
+        n, th = (g + b) // TH, (g + b) % TH
+        for i in range(a):
+            row = m * th + i - 1
+            if 0 <= row < H:
+                merge_phases(&dx[n, c, row, 0], W, m, 1, rows + i * m * P + b * Q, P, 0, True)
+
+
+cdef inline real* new_scratch(Py_ssize_t a, Py_ssize_t rows_per, Py_ssize_t tw, real* kind) noexcept nogil:
+    """Per-thread scratch for one block of any of the four tile transforms (the largest need)."""
+    return <real*> malloc((2 * a * (a - 2) + a) * rows_per * (tw + 1) * sizeof(real))
+
+
+cdef inline void check(tuple shape, tuple expected, str what) except *:
+    if shape[:len(expected)] != expected:
+        raise ValueError(f"{what} must be {expected}, got {shape[:len(expected)]}")
+
+
+def input_transform(const real[:, :, :, ::1] x, const real[:, ::1] bt, Py_ssize_t g0,
+                    real[:, :, ::1] v, bint parallel=False):
+    """V (a*a, C, G*TW) of the tile rows [g0, g0 + G) of x (N, C, H, W); bt = B^T (a, a)."""
+    cdef Py_ssize_t a = bt.shape[0], C = x.shape[1], TW = (x.shape[3] + a - 3) // (a - 2)
+    cdef Py_ssize_t G = v.shape[2] // TW, rows_per = block_rows(TW, G), NB = (G + rows_per - 1) // rows_per
+    cdef Py_ssize_t task, b
+    cdef real* scratch = NULL
+    check(tuple(v.shape), (a * a, C, G * TW), "V")
+    with nogil, parallel(use_threads_if=parallel):
+        scratch = new_scratch(a, rows_per, TW, scratch)
+        for task in prange(C * NB, schedule="dynamic"):
+            b = (task % NB) * rows_per
+            input_block(x, bt, task // NB, g0 + b, min(rows_per, G - b), b * TW, v, scratch)
+        free(scratch)
+
+
+def output_transform(const real[:, :, ::1] mm, const real[:, ::1] at, const real[::1] bias,
+                     Py_ssize_t g0, real[:, :, :, ::1] y, bint parallel=False):
+    """Write the tile rows [g0, g0 + G) of y (N, F, H, W) = A^T M A + bias; at = A^T (m, a)."""
+    cdef Py_ssize_t a = at.shape[1], F = y.shape[1], TW = (y.shape[3] + a - 3) // (a - 2)
+    cdef Py_ssize_t G = mm.shape[2] // TW, rows_per = block_rows(TW, G), NB = (G + rows_per - 1) // rows_per
+    cdef Py_ssize_t task, b
+    cdef real* scratch = NULL
+    check(tuple(mm.shape)[:3] + (bias.shape[0],), (a * a, F, G * TW, F), "M and bias")
+    with nogil, parallel(use_threads_if=parallel):
+        scratch = new_scratch(a, rows_per, TW, scratch)
+        for task in prange(F * NB, schedule="dynamic"):
+            b = (task % NB) * rows_per
+            output_block(mm, at, bias[task // NB], task // NB, g0 + b, min(rows_per, G - b), b * TW, y, scratch)
+        free(scratch)
+
+
+def output_transform_adjoint(const real[:, :, :, ::1] dy, const real[:, ::1] a_mat, Py_ssize_t g0,
+                             real[:, :, ::1] z, bint parallel=False):
+    """Z (a*a, F, G*TW) = A dY A^T of the tile rows [g0, g0 + G) of dy (N, F, H, W); a_mat = A (a, m)."""
+    cdef Py_ssize_t a = a_mat.shape[0], F = dy.shape[1], TW = (dy.shape[3] + a - 3) // (a - 2)
+    cdef Py_ssize_t G = z.shape[2] // TW, rows_per = block_rows(TW, G), NB = (G + rows_per - 1) // rows_per
+    cdef Py_ssize_t task, b
+    cdef real* scratch = NULL
+    check(tuple(z.shape), (a * a, F, G * TW), "Z")
+    with nogil, parallel(use_threads_if=parallel):
+        scratch = new_scratch(a, rows_per, TW, scratch)
+        for task in prange(F * NB, schedule="dynamic"):
+            b = (task % NB) * rows_per
+            output_adjoint_block(dy, a_mat, task // NB, g0 + b, min(rows_per, G - b), b * TW, z, scratch)
+        free(scratch)
+
+
+def input_transform_adjoint(const real[:, :, ::1] dv, const real[:, ::1] b_mat, Py_ssize_t g0,
+                            real[:, :, :, ::1] dx, bint parallel=False):
+    """dx (N, C, H, W) += the adjoint of the input transform of the tile rows [g0, g0 + G); b_mat = B."""
+    cdef Py_ssize_t a = b_mat.shape[0], C = dx.shape[1], TW = (dx.shape[3] + a - 3) // (a - 2)
+    cdef Py_ssize_t G = dv.shape[2] // TW, rows_per = block_rows(TW, G), c, b
+    cdef real* scratch = NULL
+    check(tuple(dv.shape), (a * a, C, G * TW), "dV")
+    with nogil, parallel(use_threads_if=parallel):
+        scratch = new_scratch(a, rows_per, TW, scratch)
+        for c in prange(C, schedule="dynamic"):
+            b = 0
+            while b < G:             # in order: the tiles of neighbouring rows add into the same pixels
+                input_adjoint_block(dv, b_mat, c, g0 + b, min(rows_per, G - b), b * TW, dx, scratch)
+                b = b + rows_per
+        free(scratch)
+
+
+cdef void filter_row(const real[:, :, ::1] w, const real[:, ::1] g_mat, Py_ssize_t f,
+                     real[:, :, ::1] u, real* scratch) noexcept nogil:
+    """U[:, f, :] = G w[f, c] G^T for every c (w as (F, C, 9)), channels innermost."""
+    cdef Py_ssize_t a = g_mat.shape[0], C = w.shape[1], c, i, j, k
+    cdef real* taps = scratch            # (9, C): w[f, :, k]
+    cdef real* down = scratch + 9 * C    # (a, 3, C): G applied down the columns
+    cdef const real* src[3]
+    for c in range(C):
+        for k in range(9):
+            taps[k * C + c] = w[f, c, k]
+    for j in range(3):
+        for k in range(3):
+            src[k] = taps + (3 * k + j) * C
+        for i in range(a):
+            combine(&g_mat[i, 0], 3, src, down + (3 * i + j) * C, C, False)
+    for i in range(a):
+        for k in range(3):
+            src[k] = down + (3 * i + k) * C
+        for j in range(a):
+            combine(&g_mat[j, 0], 3, src, &u[i * a + j, f, 0], C, False)
+
+
+cdef void filter_adjoint_row(const real[:, :, ::1] du, const real[:, ::1] g_mat, Py_ssize_t f,
+                             real[:, :, ::1] dw, real* scratch) noexcept nogil:
+    """dw[f, c] = G^T dU[:, f, c] G for every c (dw as (F, C, 9)), channels innermost."""
+    cdef Py_ssize_t a = g_mat.shape[0], C = dw.shape[1], c, i, j, k
+    cdef real* across = scratch              # (a, 3, C): G^T applied across
+    cdef real* taps = scratch + 3 * a * C    # (9, C)
+    cdef real gt[3 * MAX_TILE]               # G^T, row by row
+    cdef const real* src[MAX_TILE]
+    for i in range(a):
+        for j in range(3):
+            gt[j * a + i] = g_mat[i, j]
+    for i in range(a):
+        for k in range(a):
+            src[k] = &du[i * a + k, f, 0]
+        for j in range(3):
+            combine(gt + j * a, a, src, across + (3 * i + j) * C, C, False)
+    for j in range(3):
+        for k in range(a):
+            src[k] = across + (3 * k + j) * C
+        for i in range(3):
+            combine(gt + i * a, a, src, taps + (3 * i + j) * C, C, False)
+    for c in range(C):
+        for k in range(9):
+            dw[f, c, k] = taps[k * C + c]
+
+
+def filter_transform(const real[:, :, ::1] src, const real[:, ::1] g_mat, real[:, :, ::1] dst,
+                     bint adjoint=False, bint parallel=False):
+    """U (a*a, F, C) = G w[f, c] G^T of w (F, C, 9); adjoint=True: dw (F, C, 9) = G^T dU[:, f, c] G
+    of dU (a*a, F, C). g_mat = G (a, 3)."""
+    cdef Py_ssize_t a = g_mat.shape[0], F = dst.shape[1 - adjoint], C = dst.shape[2 - adjoint], f
+    cdef real* scratch = NULL
+    cdef tuple filters = (F, C, 9), tiles = (a * a, F, C)
+    check(tuple(src.shape), tiles if adjoint else filters, "the filters")
+    check(tuple(dst.shape), filters if adjoint else tiles, "out")
+    with nogil, parallel(use_threads_if=parallel):
+        scratch = <real*> malloc((9 + 3 * a) * C * sizeof(real))
+        for f in prange(F, schedule="dynamic"):
+            if adjoint:
+                filter_adjoint_row(src, g_mat, f, dst, scratch)
+            else:
+                filter_row(src, g_mat, f, dst, scratch)
+        free(scratch)

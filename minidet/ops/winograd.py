@@ -1,0 +1,340 @@
+"""Winograd's minimal filtering: a 3x3, stride 1, pad 1 convolution as a*a matrix products.
+
+Lavin & Gray (2016), "Fast Algorithms for Convolutional Neural Networks". F(m x m, 3 x 3) computes an
+m x m tile of outputs from an a x a tile d of the padded input (a = m + 2) with a*a multiplications
+where the direct form needs 9 m*m:
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A          g: a 3x3 filter, *: elementwise
+
+F(2x2, 3x3), a = 4, 2.25x fewer multiplications:
+
+    B^T = [1  0 -1  0]      G = [ 1    0    0 ]      A^T = [1  1  1  0]
+          [0  1  1  0]          [1/2  1/2  1/2]            [0  1 -1 -1]
+          [0 -1  1  0]          [1/2 -1/2  1/2]
+          [0  1  0 -1]          [ 0    0    1 ]
+
+F(4x4, 3x3), a = 6, 4x fewer:
+
+    B^T = [4  0 -5  0  1  0]    G = [ 1/4     0     0  ]    A^T = [1  1  1  1  1  0]
+          [0 -4 -4  1  1  0]        [-1/6  -1/6  -1/6 ]          [0  1 -1  2 -2  0]
+          [0  4 -4 -1  1  0]        [-1/6   1/6  -1/6 ]          [0  1  1  4  4  0]
+          [0 -2 -1  2  1  0]        [1/24  1/12   1/6 ]          [0  1 -1  8 -8  1]
+          [0  2 -1 -2  1  0]        [1/24 -1/12   1/6 ]
+          [0  4  0 -5  0  1]        [  0     0     1  ]
+
+A layer: x (N, C, H, W), filters w (F, C, 3, 3), bias b (F,), y (N, F, H, W). With TH = ceil(H / m),
+TW = ceil(W / m), tile row g = n TH + th and tile t = g TW + tw, tile t reads the input pixels
+d[i, j] = x[n, c, m th + i - 1, m tw + j - 1] (zero outside x: the padding) and writes y rows
+m th .. m th + m - 1, columns m tw .. m tw + m - 1 (those inside y):
+
+    U[i a + j, f, c] = (G w[f, c] G^T)[i, j]           (a*a, F, C)   filter transform
+    V[i a + j, c, t] = (B^T d[n, c, th, tw] B)[i, j]    (a*a, C, T)   input transform
+    M[k] = U[k] @ V[k]                                  (a*a, F, T)   the a*a GEMMs: all multiplications
+    y[n, f, tile t] = A^T M[:, f, t] A + b[f]                          output transform
+
+The backward runs each step's adjoint in reverse, with dY the m x m tiles of dy (zero beyond its edges):
+
+    Z[:, f, t] = A dY[n, f, tile t] A^T                 (a*a, F, T)   output transform adjoint
+    dV[k] = U[k]^T @ Z[k]                               (a*a, C, T)
+    dx[n, c, tile t's pixels] += B dV[:, c, t] B^T                     input transform adjoint (tiles overlap)
+    dU[k] = Z[k] @ V[k]^T                               (a*a, F, C)
+    dw[f, c] = G^T dU[:, f, c] G,   db[f] = sum of dy[:, f]            filter transform adjoint
+
+Every function takes `rows` = (g0, g1), a range of tile rows, so that a caller can run a large layer
+in chunks; V, M and Z then hold the tiles t - g0 TW of those rows, (a*a, ., (g1 - g0) TW).
+
+NumPy arrays go to the Cython kernels of minidet/_ext/winograd.pyx (float32 and float64); other array
+modules (CuPy) to the `*_reference` functions, plain array code that is also the reference the tests
+compare the kernels with.
+"""
+import numpy as np
+
+from minidet._ext import winograd as _cpu
+from minidet.backend import get_array_module
+
+TILE_SIZES = (2, 4)
+# Output elements from which the kernels split their work over OpenMP's threads, for the reason
+# of minidet.ops.im2col.PARALLEL_MIN_SIZE (docs/PERFORMANCE.md, "Threads").
+PARALLEL_MIN_SIZE = 1 << 25
+
+_MATRICES = {  # m: (B^T, G, A^T), exact in float64 but for G's sixths and twenty-fourths
+    2: ([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+        [[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
+        [[1, 1, 1, 0], [0, 1, -1, -1]]),
+    4: ([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+         [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+        [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+         [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]),
+}
+
+
+def matrices(m, dtype=np.float64):
+    """(B^T (a, a), G (a, 3), A^T (m, a)) of F(m x m, 3 x 3) as C-contiguous arrays of dtype."""
+    if m not in _MATRICES:
+        raise ValueError(f"Winograd tile size must be one of {TILE_SIZES}, got {m!r}")
+    return tuple(np.ascontiguousarray(np.array(mat, dtype=np.float64).astype(dtype)) for mat in _MATRICES[m])
+
+
+def tiles(size, m):
+    """ceil(size / m): the tiles along one axis."""
+    return -(-int(size) // m)
+
+
+def row_granule(xp, tile_rows_per_image):
+    """The tile rows a chunk should be a multiple of: any for the Cython kernels, whole images for
+    the reference (which transforms whole images and would waste the rest)."""
+    return 1 if xp is np else int(tile_rows_per_image)
+
+
+def _rows(rows, total):
+    g0, g1 = (0, total) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= g0 < g1 <= total:
+        raise ValueError(f"rows must be a range of tile rows inside [0, {total}), got {rows!r}")
+    return g0, g1
+
+
+def _out(xp, out, shape, dtype, what):
+    if out is None:
+        return xp.empty(shape, dtype=dtype)
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"{what} must be a C-contiguous {tuple(shape)} {np.dtype(dtype)} array")
+    return out
+
+
+def _check(a, ndim, what):
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"Winograd transforms take float32 or float64 arrays, got {a.dtype} for {what}")
+    if a.ndim != ndim:
+        raise ValueError(f"{what} must have {ndim} dimensions, got shape {a.shape}")
+
+
+# ---- the transforms ---------------------------------------------------------------------------
+
+def filter_transform(weight, m, out=None):
+    """U (a*a, F, C) of weight (F, C, 3, 3)."""
+    xp = get_array_module(weight)
+    _check(weight, 4, "weight")
+    f, c = weight.shape[:2]
+    if weight.shape[2:] != (3, 3):
+        raise ValueError(f"Winograd F(m x m, 3 x 3) takes 3x3 filters, got shape {weight.shape}")
+    a = m + 2
+    out = _out(xp, out, (a * a, f, c), weight.dtype, "out")
+    if xp is not np:
+        out[...] = filter_transform_reference(weight, m)
+        return out
+    g = matrices(m, weight.dtype)[1]
+    _cpu.filter_transform(np.ascontiguousarray(weight).reshape(f, c, 9), g, out, False, out.size >= PARALLEL_MIN_SIZE)
+    return out
+
+
+def filter_transform_adjoint(du, m, out=None):
+    """dw (F, C, 3, 3) of dU (a*a, F, C)."""
+    xp = get_array_module(du)
+    _check(du, 3, "dU")
+    out = _out(xp, out, (du.shape[1], du.shape[2], 3, 3), du.dtype, "out")
+    if xp is not np:
+        out[...] = filter_transform_adjoint_reference(du, m)
+        return out
+    g = matrices(m, du.dtype)[1]
+    _cpu.filter_transform(np.ascontiguousarray(du), g, out.reshape(du.shape[1], du.shape[2], 9), True,
+                          du.size >= PARALLEL_MIN_SIZE)
+    return out
+
+
+def input_transform(x, m, rows=None, out=None):
+    """V (a*a, C, (g1 - g0) TW) of x (N, C, H, W), tile rows rows = (g0, g1) (default: all)."""
+    xp = get_array_module(x)
+    _check(x, 4, "x")
+    n, c, h, w = x.shape
+    g0, g1 = _rows(rows, n * tiles(h, m))
+    a = m + 2
+    out = _out(xp, out, (a * a, c, (g1 - g0) * tiles(w, m)), x.dtype, "out")
+    if xp is not np:
+        out[...] = input_transform_reference(x, m, (g0, g1))
+        return out
+    bt = matrices(m, x.dtype)[0]
+    _cpu.input_transform(np.ascontiguousarray(x), bt, g0, out, out.size >= PARALLEL_MIN_SIZE)
+    return out
+
+
+def output_transform(mm, bias, m, out, rows=None):
+    """Write y = A^T M A + bias into the tile rows rows = (g0, g1) of out (N, F, H, W); returns out."""
+    xp = get_array_module(mm)
+    _check(mm, 3, "M")
+    n, f, h, w = out.shape
+    g0, g1 = _rows(rows, n * tiles(h, m))
+    a = m + 2
+    if mm.shape != (a * a, f, (g1 - g0) * tiles(w, m)):
+        raise ValueError(f"M must be {(a * a, f, (g1 - g0) * tiles(w, m))} for {out.shape}, got {mm.shape}")
+    _out(xp, out, out.shape, mm.dtype, "out")
+    bias = bias.astype(mm.dtype, copy=False)
+    if xp is not np:
+        _write_tile_rows(out, output_transform_reference(mm, bias, m, out.shape, (g0, g1)), m, (g0, g1))
+        return out
+    at = matrices(m, mm.dtype)[2]
+    _cpu.output_transform(np.ascontiguousarray(mm), at, np.ascontiguousarray(bias), g0, out,
+                          mm.size >= PARALLEL_MIN_SIZE)
+    return out
+
+
+def output_transform_adjoint(dy, m, rows=None, out=None):
+    """Z (a*a, F, (g1 - g0) TW) of dy (N, F, H, W), tile rows rows = (g0, g1) (default: all)."""
+    xp = get_array_module(dy)
+    _check(dy, 4, "dy")
+    n, f, h, w = dy.shape
+    g0, g1 = _rows(rows, n * tiles(h, m))
+    a = m + 2
+    out = _out(xp, out, (a * a, f, (g1 - g0) * tiles(w, m)), dy.dtype, "out")
+    if xp is not np:
+        out[...] = output_transform_adjoint_reference(dy, m, (g0, g1))
+        return out
+    a_mat = np.ascontiguousarray(matrices(m, dy.dtype)[2].T)
+    _cpu.output_transform_adjoint(np.ascontiguousarray(dy), a_mat, g0, out, out.size >= PARALLEL_MIN_SIZE)
+    return out
+
+
+def input_transform_adjoint(dv, m, dx, rows=None):
+    """Add the adjoint of the input transform of dV (a*a, C, (g1 - g0) TW) into dx (N, C, H, W); returns dx."""
+    xp = get_array_module(dv)
+    _check(dv, 3, "dV")
+    n, c, h, w = dx.shape
+    g0, g1 = _rows(rows, n * tiles(h, m))
+    a = m + 2
+    if dv.shape != (a * a, c, (g1 - g0) * tiles(w, m)):
+        raise ValueError(f"dV must be {(a * a, c, (g1 - g0) * tiles(w, m))} for {dx.shape}, got {dv.shape}")
+    _out(xp, dx, dx.shape, dv.dtype, "dx")
+    if xp is not np:
+        _add_tile_rows(dx, input_transform_adjoint_reference(dv, m, dx.shape, (g0, g1)), m, (g0, g1))
+        return dx
+    b_mat = np.ascontiguousarray(matrices(m, dv.dtype)[0].T)
+    _cpu.input_transform_adjoint(np.ascontiguousarray(dv), b_mat, g0, dx, dv.size >= PARALLEL_MIN_SIZE)
+    return dx
+
+
+# ---- plain array references (NumPy or CuPy) ---------------------------------------------------
+
+def _images(rows, th):
+    """The images [n0, n1) that tile rows [g0, g1) touch."""
+    return rows[0] // th, -(-rows[1] // th)
+
+
+def _select_rows(full, rows, th, n0):
+    """(a*a, K, (g1 - g0) TW) of full (a*a, K, (n1 - n0) TH, TW), tile rows counted from image n0."""
+    k2, k, _, tw = full.shape
+    part = full[:, :, rows[0] - n0 * th:rows[1] - n0 * th]
+    return get_array_module(full).ascontiguousarray(part).reshape(k2, k, -1)
+
+
+def filter_transform_reference(weight, m):
+    """U = G w G^T for every (f, c), as (a*a, F, C)."""
+    xp = get_array_module(weight)
+    g = xp.asarray(matrices(m, weight.dtype)[1])
+    u = g @ weight @ g.T                                         # (F, C, a, a)
+    return xp.ascontiguousarray(u.reshape(u.shape[0], u.shape[1], -1).transpose(2, 0, 1))
+
+
+def filter_transform_adjoint_reference(du, m):
+    """dw = G^T dU G for every (f, c), as (F, C, 3, 3)."""
+    xp = get_array_module(du)
+    a = m + 2
+    g = xp.asarray(matrices(m, du.dtype)[1])
+    return g.T @ du.transpose(1, 2, 0).reshape(du.shape[1], du.shape[2], a, a) @ g
+
+
+def input_transform_reference(x, m, rows=None):
+    """V of the tile rows `rows`: every a x a tile of the padded input, B^T d B."""
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    th, tw, a = tiles(h, m), tiles(w, m), m + 2
+    rows = _rows(rows, n * th)
+    n0, n1 = _images(rows, th)
+    xpad = xp.zeros((n1 - n0, c, m * th + 2, m * tw + 2), dtype=x.dtype)
+    xpad[:, :, 1:h + 1, 1:w + 1] = x[n0:n1]
+    d = xp.empty((n1 - n0, c, th, tw, a, a), dtype=x.dtype)
+    for i in range(a):
+        for j in range(a):
+            d[..., i, j] = xpad[:, :, i:i + m * th:m, j:j + m * tw:m]
+    bt = xp.asarray(matrices(m, x.dtype)[0])
+    v = (bt @ d @ bt.T).reshape(n1 - n0, c, th, tw, a * a).transpose(4, 1, 0, 2, 3)
+    return _select_rows(v.reshape(a * a, c, (n1 - n0) * th, tw), rows, th, n0)
+
+
+def output_transform_reference(mm, bias, m, y_shape, rows=None):
+    """The output tiles A^T M A + b of tile rows `rows`, as (n1 - n0, F, m TH, m TW) (uncropped,
+    zero outside those rows)."""
+    xp = get_array_module(mm)
+    n, f, h, w = y_shape
+    th, tw, a = tiles(h, m), tiles(w, m), m + 2
+    rows = _rows(rows, n * th)
+    n0, n1 = _images(rows, th)
+    full = xp.zeros((a * a, f, (n1 - n0) * th, tw), dtype=mm.dtype)
+    full[:, :, rows[0] - n0 * th:rows[1] - n0 * th] = mm.reshape(a * a, f, -1, tw)
+    at = xp.asarray(matrices(m, mm.dtype)[2])
+    t = full.reshape(a, a, f, n1 - n0, th, tw).transpose(3, 2, 4, 5, 0, 1)   # (n, F, TH, TW, a, a)
+    y = at @ t @ at.T + bias.reshape(1, f, 1, 1, 1, 1)                   # (n, F, TH, TW, m, m)
+    return y.transpose(0, 1, 2, 4, 3, 5).reshape(n1 - n0, f, m * th, m * tw)
+
+
+def output_transform_adjoint_reference(dy, m, rows=None):
+    """Z of the tile rows `rows`: A dY A^T of every m x m tile of dy (zero beyond its edges)."""
+    xp = get_array_module(dy)
+    n, f, h, w = dy.shape
+    th, tw, a = tiles(h, m), tiles(w, m), m + 2
+    rows = _rows(rows, n * th)
+    n0, n1 = _images(rows, th)
+    dypad = xp.zeros((n1 - n0, f, m * th, m * tw), dtype=dy.dtype)
+    dypad[:, :, :h, :w] = dy[n0:n1]
+    tiles_dy = dypad.reshape(n1 - n0, f, th, m, tw, m).transpose(0, 1, 2, 4, 3, 5)
+    a_mat = xp.asarray(matrices(m, dy.dtype)[2]).T
+    z = (a_mat @ tiles_dy @ a_mat.T).reshape(n1 - n0, f, th, tw, a * a).transpose(4, 1, 0, 2, 3)
+    return _select_rows(z.reshape(a * a, f, (n1 - n0) * th, tw), rows, th, n0)
+
+
+def input_transform_adjoint_reference(dv, m, x_shape, rows=None):
+    """The adjoint of input_transform_reference applied to dV of tile rows `rows`: each tile's
+    B dV B^T added onto the pixels it was read from, as (n1 - n0, C, H, W)."""
+    xp = get_array_module(dv)
+    n, c, h, w = x_shape
+    th, tw, a = tiles(h, m), tiles(w, m), m + 2
+    rows = _rows(rows, n * th)
+    n0, n1 = _images(rows, th)
+    full = xp.zeros((a * a, c, (n1 - n0) * th, tw), dtype=dv.dtype)
+    full[:, :, rows[0] - n0 * th:rows[1] - n0 * th] = dv.reshape(a * a, c, -1, tw)
+    b_mat = xp.asarray(matrices(m, dv.dtype)[0]).T
+    t = full.reshape(a, a, c, n1 - n0, th, tw).transpose(3, 2, 4, 5, 0, 1)   # (n, C, TH, TW, a, a)
+    d = b_mat @ t @ b_mat.T
+    dxpad = xp.zeros((n1 - n0, c, m * th + 2, m * tw + 2), dtype=dv.dtype)
+    for i in range(a):
+        for j in range(a):
+            dxpad[:, :, i:i + m * th:m, j:j + m * tw:m] += d[..., i, j]
+    return dxpad[:, :, 1:h + 1, 1:w + 1]
+
+
+def _write_tile_rows(y, tiles_y, m, rows):
+    """y rows of tile rows `rows` from the (n1 - n0, F, m TH, m TW) tiles of output_transform_reference."""
+    n, f, h, w = y.shape
+    th = tiles(h, m)
+    n0, n1 = _images(rows, th)
+    for img in range(n0, n1):
+        lo = max(rows[0] - img * th, 0) * m
+        hi = min(min(rows[1] - img * th, th) * m, h)
+        y[img, :, lo:hi] = tiles_y[img - n0, :, lo:hi, :w]
+
+
+def _add_tile_rows(dx, part, m, rows):
+    """dx[n0:n1] += part, the (n1 - n0, C, H, W) result of input_transform_adjoint_reference."""
+    th = tiles(dx.shape[2], m)
+    n0, n1 = _images(rows, th)
+    dx[n0:n1] += part
+
+
+def winograd_flops(n, c, f, h, w, m):
+    """Multiply-adds x 2 of the a*a GEMMs of one pass (the transforms not counted)."""
+    return 2 * (m + 2) ** 2 * f * c * n * tiles(h, m) * tiles(w, m)
+
+
+def direct_flops(n, c, f, h, w):
+    """Multiply-adds x 2 of the direct 3x3 convolution, for comparison."""
+    return 2 * 9 * f * c * n * h * w
+
