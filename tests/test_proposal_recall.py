@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from minidet.data.recall import (NO_HIT, boxes_needed, dataset_boxes_needed, proposal_recall, recall_table)
+from minidet.data.recall import (NO_HIT, Subset, best_mode, boxes_needed, choose_mode, dataset_boxes_needed,
+                                 proposal_recall, recall_table)
 
 
 def iou_by_hand(a, b):
@@ -133,3 +134,33 @@ def test_recall_command_refuses_unknown_modes_and_has_help(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         P.main(["--recall", "--help"])
     assert e.value.code == 0 and "--budgets" in capsys.readouterr().out
+
+
+def results_of(**worst):
+    """measure_modes-like results: per mode, recall at 0.5 within 2000 boxes of classes a and b."""
+    return {mode: dict(recall={"0.5": {"all": {"2000": 0.0}, "a": {"2000": a}, "b": {"2000": b}}})
+            for mode, (a, b) in worst.items()}
+
+
+def test_best_mode_goes_by_the_worst_found_class_and_prefers_the_first_on_a_tie():
+    assert best_mode(results_of(fast=(1.0, 0.84), fine=(0.98, 0.97))) == "fine"
+    assert best_mode(results_of(fast=(0.99, 0.96), fine=(1.0, 0.97))) == "fast"          # within the margin
+    assert best_mode(results_of(fine=(1.0, 0.97), fast=(0.99, 0.96))) == "fine"
+    assert best_mode(results_of(fast=(0.9, float("nan")), fine=(0.8, 1.0))) == "fast"   # a class absent: ignored
+
+
+def test_choose_mode_measures_a_spread_sample_and_caches_its_boxes_for_training(tmp_path):
+    from minidet.data.proposals import load_proposals
+    from minidet.data.synthetic import write_synthetic_voc
+    from minidet.data.voc import VOCDataset
+
+    dataset = VOCDataset(write_synthetic_voc(tmp_path / "syn", num_trainval=5, num_test=1, image_size=(72, 96)))
+    sample = Subset.spread(dataset, 3)
+    assert sample.ids == [dataset.ids[i] for i in (0, 2, 4)]
+    np.testing.assert_array_equal(sample.annotation(1)["boxes"], dataset.annotation(2)["boxes"])
+    mode, results = choose_mode(dataset, tmp_path / "cache", ("single", "compact"), budget=300, sample=3,
+                                workers=1, progress=False)
+    assert mode == best_mode(results, 300) and set(results) == {"single", "compact"}
+    stats = {}
+    load_proposals(sample, tmp_path / "cache", workers=1, max_boxes=300, mode=mode, progress=False, stats=stats)
+    assert stats["computed"] == 0 and stats["cached"] == 3

@@ -89,28 +89,35 @@ def proposal_recall(proposals, dataset, iou_thresh=0.5, use_difficult=False):
 
 
 class Subset:
-    """The first `limit` images of a data set, for a quick measurement; the same interface for what recall uses."""
+    """Some images of a data set (by index), with the interface that proposals and recall use."""
 
-    def __init__(self, dataset, limit):
-        self.dataset, self.ids = dataset, list(dataset.ids[:limit])
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, [int(i) for i in indices]
+        self.ids = [dataset.ids[i] for i in self.indices]
         self.class_names = dataset.class_names
+
+    @classmethod
+    def spread(cls, dataset, n):
+        """n images evenly spread over the data set (a folder may be sorted by source, date or class)."""
+        return cls(dataset, np.unique(np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(int)))
 
     def __len__(self):
         return len(self.ids)
 
     def image_path(self, i):
-        return self.dataset.image_path(i)
+        return self.dataset.image_path(self.indices[i])
 
     def image_size(self, i):
-        return self.dataset.image_size(i)
+        return self.dataset.image_size(self.indices[i])
 
     def annotation(self, i):
-        return self.dataset.annotation(i)
+        return self.dataset.annotation(self.indices[i])
 
 
 def measure_modes(dataset, modes, cache_dir, workers=2, min_size=2, max_side=500, thresholds=IOU_THRESHOLDS,
-                  budgets=BUDGETS, progress=True):
-    """Recall of each selective-search mode on a data set, every box of each image computed (and cached) once.
+                  budgets=BUDGETS, progress=True, max_boxes=None):
+    """Recall of each selective-search mode on a data set, the boxes of each image computed (and cached) once
+    (all of them, or the first max_boxes).
 
     Returns {mode: dict(recall=recall_table(...), mean_best_overlap={class: ABO}, boxes_per_image,
     seconds_per_image (CPU seconds of the images computed now; None when all came from the cache),
@@ -121,7 +128,7 @@ def measure_modes(dataset, modes, cache_dir, workers=2, min_size=2, max_side=500
     results = {}
     for mode in modes:
         stats = {}
-        proposals = load_proposals(dataset, cache_dir, workers, None, mode, min_size, max_side, progress, stats)
+        proposals = load_proposals(dataset, cache_dir, workers, max_boxes, mode, min_size, max_side, progress, stats)
         needed, labels, best = dataset_boxes_needed(proposals, dataset, thresholds)
         counts = np.array([len(p) for p in proposals])
         # A dense, log-spaced set of budgets for the plot, up to the largest image's count.
@@ -135,6 +142,39 @@ def measure_modes(dataset, modes, cache_dir, workers=2, min_size=2, max_side=500
             boxes_per_image=float(counts.mean()), seconds_per_image=stats["seconds_per_image"],
             curve=dict(k=ks, recall={t: {n: [curve[t][n][str(k)] for k in ks] for n in names} for t in curve}))
     return results
+
+
+AUTO_CANDIDATES = ("fast", "fine")
+
+
+def best_mode(results, budget=2000, threshold=0.5, margin=0.02):
+    """The mode whose worst-found class has the highest recall at `threshold` within `budget` boxes per image.
+
+    results: measure_modes' output, in order of preference (a later mode must beat an earlier one by
+    more than `margin`, so that the first, e.g. the paper's fast, wins what is a tie on a sample).
+    """
+    best, best_score = None, -1.0
+    for mode, r in results.items():
+        row = r["recall"][f"{threshold:g}"]
+        found = [row[name][str(budget)] for name in row if name != "all" and row[name][str(budget)] == row[name][str(budget)]]
+        score = min(found) if found else 0.0
+        if best is None or score > best_score + margin:
+            best, best_score = mode, score
+    return best
+
+
+def choose_mode(dataset, cache_dir, candidates=AUTO_CANDIDATES, budget=2000, sample=24, workers=2, min_size=2,
+                max_side=500, progress=True):
+    """The selective-search mode for a data set, chosen by measuring (docs/PROPOSALS.md): best_mode of the
+    candidates on `sample` images spread over it (its training split). Returns (mode, measure_modes' results).
+
+    The sample's boxes are computed with max_boxes=budget, the setting training and detection use, so the
+    chosen mode's are cached for them and not searched again.
+    """
+    subset = Subset.spread(dataset, sample)
+    results = measure_modes(subset, candidates, cache_dir, workers, min_size, max_side, (0.5,), (budget,),
+                            progress, max_boxes=budget)
+    return best_mode(results, budget), results
 
 
 def format_table(results, class_names, budgets=BUDGETS):
@@ -221,7 +261,7 @@ def main(argv=None):
         print(f"minidet proposals --recall: {e}", file=sys.stderr)
         return 2
     if args.limit:
-        dataset = Subset(dataset, args.limit)
+        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
     cache_dir = args.cache_dir or os.path.join(args.data_dir, "proposals_cache")
     results = measure_modes(dataset, modes, cache_dir, args.workers, args.min_size, args.max_side or None,
                             thresholds, budgets)
@@ -230,6 +270,10 @@ def main(argv=None):
     print(format_table(results, dataset.class_names, budgets))
     for mode, r in results.items():
         print(f"{mode}: mean best overlap " + ", ".join(f"{c} {v:.3f}" for c, v in r["mean_best_overlap"].items()))
+    finite = [k for k in budgets if k is not None]
+    if 0.5 in thresholds and finite and len(results) > 1:
+        k = 2000 if 2000 in finite else max(finite)
+        print(f"best mode by the recall of its worst-found class at IoU 0.5 within {k} boxes: {best_mode(results, k)}")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         report = dict(data_dir=args.data_dir, split=args.split, images=len(dataset), max_side=args.max_side or None,
