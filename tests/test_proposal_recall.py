@@ -136,17 +136,20 @@ def test_recall_command_refuses_unknown_modes_and_has_help(tmp_path, capsys):
     assert e.value.code == 0 and "--budgets" in capsys.readouterr().out
 
 
-def results_of(**worst):
-    """measure_modes-like results: per mode, recall at 0.5 within 2000 boxes of classes a and b."""
-    return {mode: dict(recall={"0.5": {"all": {"2000": 0.0}, "a": {"2000": a}, "b": {"2000": b}}})
-            for mode, (a, b) in worst.items()}
+def results_of(objects=(20, 20), **modes):
+    """measure_modes-like results: per mode, (recall of class a, of class b) at 0.5 within 2000 boxes, boxes/image."""
+    return {mode: dict(recall={"0.5": {"all": {"2000": (a + b) / 2}, "a": {"2000": a}, "b": {"2000": b}}},
+                       boxes_per_image=n, objects=dict(zip("ab", objects)))
+            for mode, (a, b, n) in modes.items()}
 
 
-def test_best_mode_goes_by_the_worst_found_class_and_prefers_the_first_on_a_tie():
-    assert best_mode(results_of(fast=(1.0, 0.84), fine=(0.98, 0.97))) == "fine"
-    assert best_mode(results_of(fast=(0.99, 0.96), fine=(1.0, 0.97))) == "fast"          # within the margin
-    assert best_mode(results_of(fine=(1.0, 0.97), fast=(0.99, 0.96))) == "fine"
-    assert best_mode(results_of(fast=(0.9, float("nan")), fine=(0.8, 1.0))) == "fast"   # a class absent: ignored
+def test_best_mode_goes_by_the_worst_found_class_then_by_fewer_boxes():
+    assert best_mode(results_of(fast=(1.0, 0.84, 900), fine=(0.98, 0.97, 4500))) == "fine"
+    assert best_mode(results_of(fine=(1.0, 0.97, 4500), fast=(0.99, 0.96, 900))) == "fast"   # within the margin
+    assert best_mode(results_of(fine=(1.0, 0.97, 4500), fast=(0.99, 0.96, 900)), margin=0.0) == "fine"
+    # Class b has too few boxes in the sample to decide: a does; with neither, all boxes together.
+    assert best_mode(results_of((20, 3), fast=(0.99, 0.5, 900), fine=(0.96, 1.0, 4500))) == "fast"
+    assert best_mode(results_of((2, 3), fast=(0.99, 0.5, 900), fine=(0.96, 1.0, 4500))) == "fine"
 
 
 def test_choose_mode_measures_a_spread_sample_and_caches_its_boxes_for_training(tmp_path):

@@ -119,7 +119,7 @@ def measure_modes(dataset, modes, cache_dir, workers=2, min_size=2, max_side=500
     """Recall of each selective-search mode on a data set, the boxes of each image computed (and cached) once
     (all of them, or the first max_boxes).
 
-    Returns {mode: dict(recall=recall_table(...), mean_best_overlap={class: ABO}, boxes_per_image,
+    Returns {mode: dict(recall=recall_table(...), mean_best_overlap={class: ABO}, objects={class: count}, boxes_per_image,
     seconds_per_image (CPU seconds of the images computed now; None when all came from the cache),
     curve=dict(k=[...], recall={threshold: {class: [...]}}))}.
     """
@@ -140,6 +140,7 @@ def measure_modes(dataset, modes, cache_dir, workers=2, min_size=2, max_side=500
             mean_best_overlap={name: float(best[labels == c].mean()) if (labels == c).any() else float("nan")
                                for c, name in enumerate(dataset.class_names, 1)},
             boxes_per_image=float(counts.mean()), seconds_per_image=stats["seconds_per_image"],
+            objects={name: int((labels == c).sum()) for c, name in enumerate(dataset.class_names, 1)},
             curve=dict(k=ks, recall={t: {n: [curve[t][n][str(k)] for k in ks] for n in names} for t in curve}))
     return results
 
@@ -147,20 +148,21 @@ def measure_modes(dataset, modes, cache_dir, workers=2, min_size=2, max_side=500
 AUTO_CANDIDATES = ("fast", "fine")
 
 
-def best_mode(results, budget=2000, threshold=0.5, margin=0.02):
-    """The mode whose worst-found class has the highest recall at `threshold` within `budget` boxes per image.
+def best_mode(results, budget=2000, threshold=0.5, margin=0.02, min_objects=10):
+    """The mode that finds its worst-found class best within `budget` boxes per image, at IoU `threshold`;
+    of the modes within `margin` of that (a tie, on a sample), the one with the fewest boxes per image.
 
-    results: measure_modes' output, in order of preference (a later mode must beat an earlier one by
-    more than `margin`, so that the first, e.g. the paper's fast, wins what is a tie on a sample).
+    results: measure_modes' output with `budget` among its budgets. Classes with fewer than min_objects
+    boxes, whose recall on a sample is mostly chance, are left out (all boxes together when none is left).
     """
-    best, best_score = None, -1.0
-    for mode, r in results.items():
+    def worst(r):
         row = r["recall"][f"{threshold:g}"]
-        found = [row[name][str(budget)] for name in row if name != "all" and row[name][str(budget)] == row[name][str(budget)]]
-        score = min(found) if found else 0.0
-        if best is None or score > best_score + margin:
-            best, best_score = mode, score
-    return best
+        names = [n for n, count in r["objects"].items() if count >= min_objects] or ["all"]
+        return min(row[n][str(budget)] for n in names)
+
+    scores = {mode: worst(r) for mode, r in results.items()}
+    best = max(scores.values())
+    return min((m for m in results if scores[m] >= best - margin), key=lambda m: results[m]["boxes_per_image"])
 
 
 def choose_mode(dataset, cache_dir, candidates=AUTO_CANDIDATES, budget=2000, sample=24, workers=2, min_size=2,
