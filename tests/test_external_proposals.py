@@ -1,4 +1,5 @@
-"""Proposals from other tools' files (.npz, .pkl, .mat): round trips, layouts, errors, and a pickle that runs no code."""
+"""Proposals from other tools' files (.npz, .pkl, .mat): round trips, layouts, errors, and a pickle that runs
+no code."""
 import os
 import pickle
 

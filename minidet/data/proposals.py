@@ -174,9 +174,9 @@ def load_proposals(dataset, cache_dir, workers=2, max_boxes=2000, mode="fast", m
     """Selective-search proposals for every image of a data set, computed once and cached.
 
     dataset: a VOCDataset (ids and image_path(i) are used); mode: a name of MODES or a SearchSetup;
-    max_boxes None: all. Returns a list of (P_i, 4) float32 arrays, one per ds index. Images without a valid cache file are computed in `workers`
-    processes (0 or 1: in this process). stats, a dict if given, receives computed/cached
-    counts and the mean CPU seconds per computed image.
+    max_boxes None: all. Returns a list of (P_i, 4) float32 arrays, one per ds index. Images without
+    a valid cache file are computed in `workers` processes (0 or 1: in this process). stats, a dict
+    if given, receives computed/cached counts and the mean CPU seconds per computed image.
     """
     os.makedirs(cache_dir, exist_ok=True)
     settings = _settings(max_boxes, mode, min_size, max_side)
@@ -226,8 +226,9 @@ def main(argv=None):
     if "--recall" in argv:
         from minidet.data import recall
         return recall.main([a for a in argv if a != "--recall"])
-    parser = argparse.ArgumentParser(prog="minidet proposals", description=main.__doc__.split(":", 1)[1].strip(),
-                                     epilog="minidet proposals --recall --help: recall against boxes per image, per mode")
+    parser = argparse.ArgumentParser(
+        prog="minidet proposals", description=main.__doc__.split(":", 1)[1].strip(),
+        epilog="minidet proposals --recall --help: recall against boxes per image, per mode")
     add_search_arguments(parser)
     parser.add_argument("--mode", choices=MODES, default="fast", help="selective-search setup (default: fast)")
     parser.add_argument("--max-boxes", type=int, default=2000, help="at most this many boxes per image (default: 2000)")

@@ -13,6 +13,11 @@ makes training and detection cheaper, so recall is measured against the budget k
 One pass over the IoU matrix of each image gives every budget at once. IoU as minidet.boxes
 computes it (pixel-inclusive, +1 areas); difficult boxes are left out unless asked for, as VOC does.
 """
+import argparse
+import json
+import os
+import sys
+
 import numpy as np
 
 from minidet.boxes import bbox_overlaps
@@ -119,8 +124,8 @@ def measure_modes(dataset, modes, cache_dir, workers=2, min_size=2, max_side=500
     """Recall of each selective-search mode on a data set, the boxes of each image computed (and cached) once
     (all of them, or the first max_boxes).
 
-    Returns {mode: dict(recall=recall_table(...), mean_best_overlap={class: ABO}, objects={class: count}, boxes_per_image,
-    seconds_per_image (CPU seconds of the images computed now; None when all came from the cache),
+    Returns {mode: dict(recall=recall_table(...), mean_best_overlap={class: ABO}, objects={class: count},
+    boxes_per_image, seconds_per_image (CPU seconds of the images computed now; None when all came from the cache),
     curve=dict(k=[...], recall={threshold: {class: [...]}}))}.
     """
     from minidet.data.proposals import load_proposals
@@ -232,21 +237,20 @@ def parse_budgets(text):
 
 def main(argv=None):
     """`minidet proposals --recall`: proposal recall per class against boxes per image, for several modes."""
-    import argparse
-    import json
-    import os
-    import sys
-
     from minidet.atomic import atomic_write
     from minidet.data.proposals import MODES, add_search_arguments
     from minidet.data.voc import VOCDataset
 
-    parser = argparse.ArgumentParser(prog="minidet proposals --recall", description=main.__doc__.split(":", 1)[1].strip())
+    parser = argparse.ArgumentParser(prog="minidet proposals --recall",
+                                     description=main.__doc__.split(":", 1)[1].strip())
     add_search_arguments(parser)
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES)} (default: all)")
-    parser.add_argument("--budgets", default="50,100,200,500,1000,2000,all", help="boxes per image (default: %(default)s)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"comma-separated, from {', '.join(MODES)} (default: all)")
+    parser.add_argument("--budgets", default="50,100,200,500,1000,2000,all",
+                        help="boxes per image (default: %(default)s)")
     parser.add_argument("--iou", default="0.5,0.7", help="IoU thresholds (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images of the split (a quick ranking)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N images of the split (a quick ranking)")
     parser.add_argument("--out", default=None, help="folder for recall.json and recall.png (default: none written)")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]

@@ -54,11 +54,14 @@ COLOUR_SPACES = {
 #            image into the buffer of the hue image it has just added.)
 #   single:  HSV, k = 200, colour+fill+texture+size (switchToSingleStrategy): the quickest
 #   compact: HSV and Lab, k = 100, colour+fill+size and fill+size: no costly texture histograms;
-#            tuned on the synthetic set, where it finds as many of the objects as fast does in a
-#            third of the time
+#            tuned on the synthetic set, where it finds 0.997 of the objects (fast: 1.000) in a fifth
+#            of the time
 #   fine:    HSV, Lab and (R, G, intensity), k = 25, 50, 100, colour+fill+size and fill+size: finer
-#            initial regions, for small and touching objects (BCCD's cells), where it finds at least
-#            95% of every class in its first 2000 boxes and fast misses one in six
+#            initial regions, for small and touching objects: on BCCD its first 2000 boxes find 0.97
+#            or more of every class, where fast misses one red cell in six. It gives many boxes (4500 on
+#            BCCD, 7000 on VOC images) and ranks large regions late, so where objects are large it
+#            finds fewer of them within 2000 boxes than fast: minidet.data.recall.choose_mode picks
+#            between the two by measuring
 MODES = {
     "fast": SearchSetup(("hsv", "lab"), (150, 300, 450), ("cfts", "fts")),
     "quality": SearchSetup(("hsv", "lab", "gray", "hue", "rgi"), (150, 300, 450, 600, 750),
