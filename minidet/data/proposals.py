@@ -1,12 +1,13 @@
-"""Object proposals: selective search (OpenCV's implementation), a per-image cache, and the .mat files of the original.
+"""Object proposals: selective search (OpenCV's implementation) and a per-image cache.
 
 Fast R-CNN scores a fixed set of candidate boxes per image, about 2000 from selective search
 in its "fast" mode (SPEC.md "Proposals"). Computing them is the slowest step of the data
-pipeline (seconds per VOC image on one core), so they are computed once per image, in
-parallel worker processes, and cached on disk: one .npy file per image, named by a hash of
-the image file's bytes and of the settings, so a changed image or changed settings never
-reuse a stale file. Files are written atomically (minidet.atomic), an
-interrupted run resumes where it stopped, and a damaged file is reported and recomputed.
+pipeline (seconds per image on one core), so they are computed once per image, in parallel
+worker processes, and cached on disk: one .npy file per image, named by a hash of the image
+file's bytes and of the settings, so a changed image or changed settings never reuse a stale
+file. Files are written atomically (minidet.atomic), an interrupted run resumes where it
+stopped, and a damaged file is reported and recomputed. Proposals from other tools' files:
+minidet.data.external_proposals; their recall: minidet.data.recall.
 
 Boxes everywhere are (x1, y1, x2, y2), 0-based, pixel-inclusive, float32.
 """
@@ -20,40 +21,15 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import asdict
 
 import cv2
 import numpy as np
 
 from minidet.atomic import atomic_write
+from minidet.data.search_setups import MODES, SearchSetup, configure, search_setup  # noqa: F401 (MODES: re-exported)
 
-CACHE_VERSION = 1
-
-# Named selective-search setups: colour spaces, graph-segmentation k values, grouping strategies.
-#   fast:    Uijlings et al.'s fast mode, the paper's proposals: HSV and Lab images, graph
-#            segmentations with k = 150, 300, 450, grouped by colour+fill+texture+size and by
-#            fill+texture+size (OpenCV's switchToSelectiveSearchFast): 12 groupings
-#   quality: their quality mode (5 colour spaces, 5 k values, 4 strategies); slow
-#   single:  HSV, k = 200, colour+fill+texture+size: one grouping, the quickest
-#   compact: HSV and Lab, k = 100, grouped by colour+fill+size and by fill+size: 4 groupings
-#            without the costly texture histograms; tuned on the synthetic set, where it finds
-#            more of the objects than fast does in about a third of the time
-MODES = ("fast", "quality", "single", "compact")
-
-
-def _compact_setup(ss, image):
-    seg = cv2.ximgproc.segmentation
-    ss.clearImages()
-    ss.clearGraphSegmentations()
-    ss.clearStrategies()
-    ss.addImage(cv2.cvtColor(image, cv2.COLOR_BGR2HSV))
-    ss.addImage(cv2.cvtColor(image, cv2.COLOR_BGR2Lab))
-    ss.addGraphSegmentation(seg.createGraphSegmentation(0.8, 100, 100))    # sigma, k, min region size
-    # Each strategy owns its state, so each grouping gets fresh ones.
-    ss.addStrategy(seg.createSelectiveSearchSegmentationStrategyMultiple(
-        seg.createSelectiveSearchSegmentationStrategyColor(), seg.createSelectiveSearchSegmentationStrategyFill(),
-        seg.createSelectiveSearchSegmentationStrategySize()))
-    ss.addStrategy(seg.createSelectiveSearchSegmentationStrategyMultiple(
-        seg.createSelectiveSearchSegmentationStrategyFill(), seg.createSelectiveSearchSegmentationStrategySize()))
+CACHE_VERSION = 2
 
 
 def _seed_c_rand():
@@ -90,15 +66,14 @@ def clean_boxes(boxes, min_size=2, max_boxes=None):
 def selective_search(image_bgr, max_boxes=2000, mode="fast", min_size=2, max_side=500):
     """Selective-search proposals of one image.
 
-    image_bgr (H, W, 3) uint8 (or (H, W) grey) -> (P, 4) float32 boxes inside the image, P <= max_boxes, in
-    OpenCV's ranking (most likely objects first), without duplicates or boxes under min_size
-    pixels. Images whose longer side exceeds max_side are searched at that size (the original
-    proposals were computed on VOC's images of at most 500 pixels) and the boxes scaled back;
-    max_side=None searches at full size. The ranking's random tie-breaking is seeded, so the
-    same image always gives the same boxes.
+    image_bgr (H, W, 3) uint8 (or (H, W) grey) -> (P, 4) float32 boxes inside the image, P <= max_boxes
+    (None: all), in OpenCV's ranking (most likely objects first), without duplicates or boxes under
+    min_size pixels. mode: a name of MODES or a SearchSetup. Images whose longer side exceeds
+    max_side are searched at that size (the original proposals were computed on VOC's images of at
+    most 500 pixels) and the boxes scaled back; max_side=None searches at full size. The ranking's
+    random tie-breaking is seeded, so the same image always gives the same boxes.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    setup = search_setup(mode)
     if image_bgr.ndim == 2:
         image_bgr = cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
     height, width = image_bgr.shape[:2]
@@ -108,14 +83,7 @@ def selective_search(image_bgr, max_boxes=2000, mode="fast", min_size=2, max_sid
         image_bgr = cv2.resize(image_bgr, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
     ss.setBaseImage(image_bgr)
-    if mode == "fast":
-        ss.switchToSelectiveSearchFast()
-    elif mode == "quality":
-        ss.switchToSelectiveSearchQuality()
-    elif mode == "single":
-        ss.switchToSingleStrategy()
-    else:
-        _compact_setup(ss, image_bgr)
+    configure(ss, image_bgr, setup)
     _seed_c_rand()
     rects = np.asarray(ss.process(), np.float64).reshape(-1, 4)   # (x, y, w, h)
     boxes = np.empty_like(rects)
@@ -130,43 +98,11 @@ def selective_search(image_bgr, max_boxes=2000, mode="fast", min_size=2, max_sid
     return clean_boxes(boxes.astype(np.float32), min_size, max_boxes)
 
 
-def load_mat_proposals(path, layout="ss_original", key="boxes", clean=False, min_size=2):
-    """Proposals from a MATLAB file.
-
-    layout "ss_original": the original per-split files, a cell array `key` with one (P, 4) array per
-    image of (y1, x1, y2, x2) 1-based boxes -> a list of (P, 4) float32 (x1, y1, x2, y2) 0-based.
-    layout "xyxy0": one (P, 4) array already (x1, y1, x2, y2) 0-based (the demo files) -> (P, 4) float32.
-    clean=True drops duplicates and boxes under min_size pixels, as training on them did.
-    """
-    import scipy.io
-
-    if layout not in ("ss_original", "xyxy0"):
-        raise ValueError(f"layout must be 'ss_original' or 'xyxy0', got {layout!r}")
-    try:
-        data = scipy.io.loadmat(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read as a MATLAB file ({e})") from None
-    if key not in data:
-        keys = [k for k in data if not k.startswith("__")]
-        raise KeyError(f"{path}: no variable {key!r}; it holds {keys}")
-    value = data[key]
-
-    def convert(raw):
-        raw = np.asarray(raw, np.float32).reshape(-1, 4)
-        if layout == "ss_original":
-            raw = raw[:, [1, 0, 3, 2]] - 1
-        return clean_boxes(raw, min_size) if clean else raw
-
-    if value.dtype == object:
-        return [convert(cell) for cell in value.ravel()]
-    if layout == "ss_original":
-        raise ValueError(f"{path}: {key!r} is one {value.shape} array, not a cell array per image; "
-                         f"is it a single image's boxes (layout='xyxy0')?")
-    return convert(value)
-
-
 def _settings(max_boxes, mode, min_size, max_side):
-    return dict(version=CACHE_VERSION, max_boxes=int(max_boxes), mode=str(mode), min_size=float(min_size),
+    """The cache key's settings; they hold the setup itself, so that a changed mode never reuses old files."""
+    setup = search_setup(mode)
+    return dict(version=CACHE_VERSION, max_boxes=None if max_boxes is None else int(max_boxes),
+                mode=mode if isinstance(mode, str) else "custom", setup=asdict(setup), min_size=float(min_size),
                 max_side=None if max_side is None else int(max_side))
 
 
@@ -203,26 +139,21 @@ def write_cache(path, boxes):
 def _compute(image_path, out_path, settings):
     """Work of one image in a worker: search, cache, return (boxes, seconds)."""
     cv2.setNumThreads(1)  # the workers already use every core
-    start = time.perf_counter()
+    start = time.process_time()   # CPU time: what the image costs, however busy the machine
     image = cv2.imread(image_path, cv2.IMREAD_COLOR)
     if image is None:
         raise FileNotFoundError(f"{image_path}: image file is missing or cannot be decoded")
-    boxes = selective_search(image, settings["max_boxes"], settings["mode"], settings["min_size"],
+    boxes = selective_search(image, settings["max_boxes"], SearchSetup(**settings["setup"]), settings["min_size"],
                              settings["max_side"])
     write_cache(out_path, boxes)
-    return boxes, time.perf_counter() - start
+    return boxes, time.process_time() - start
 
 
 def _pool_context():
-    """Worker processes are spawned, never forked.
-
-    A forked worker inherits copies of the parent's locks but not its threads, and a parent that
-    has already run OpenCV, OpenMP or BLAS code holds native thread pools that Python's
-    threading module does not list: a forked worker that then calls into OpenCV can wait forever
-    on a pool that no longer exists (seen after training, when the test split's proposals were
-    computed). Spawned workers start clean; scripts that call load_proposals with workers > 1
-    need the usual `if __name__ == "__main__":` guard.
-    """
+    """Worker processes are spawned, never forked: a forked worker inherits the locks of the parent's
+    native thread pools (OpenCV's, OpenMP's, BLAS's) but not their threads, and could wait on them
+    forever (seen after training, when the test split's proposals were computed). Scripts that call
+    load_proposals with workers > 1 need the usual `if __name__ == "__main__":` guard."""
     return multiprocessing.get_context("spawn")
 
 
@@ -242,10 +173,10 @@ def load_proposals(dataset, cache_dir, workers=2, max_boxes=2000, mode="fast", m
                    progress=True, stats=None):
     """Selective-search proposals for every image of a data set, computed once and cached.
 
-    dataset: a VOCDataset (ids and image_path(i) are used). Returns a list of (P_i, 4) float32
-    arrays, one per ds index. Images without a valid cache file are computed in `workers`
-    processes (0 or 1: in this process). stats, a dict if given, receives computed/cached
-    counts and the mean seconds per computed image.
+    dataset: a VOCDataset (ids and image_path(i) are used); mode: a name of MODES or a SearchSetup;
+    max_boxes None: all. Returns a list of (P_i, 4) float32 arrays, one per ds index. Images without
+    a valid cache file are computed in `workers` processes (0 or 1: in this process). stats, a dict
+    if given, receives computed/cached counts and the mean CPU seconds per computed image.
     """
     os.makedirs(cache_dir, exist_ok=True)
     settings = _settings(max_boxes, mode, min_size, max_side)
@@ -254,7 +185,7 @@ def load_proposals(dataset, cache_dir, workers=2, max_boxes=2000, mode="fast", m
     todo = [i for i, r in enumerate(results) if r is None]
     seconds = []
     if todo:
-        bar = _progress(len(todo), progress, f"selective search ({mode})")
+        bar = _progress(len(todo), progress, f"selective search ({settings['mode']})")
         if workers <= 1:
             for i in todo:
                 results[i], s = _compute(dataset.image_path(i), paths[i], settings)
@@ -286,43 +217,24 @@ def _progress(total, enabled, desc):
     return tqdm(total=total, desc=desc, unit="image", disable=not enabled, file=sys.stderr)
 
 
-def proposal_recall(proposals, dataset, iou_thresh=0.5, use_difficult=False):
-    """Share of ground-truth boxes that some proposal overlaps by IoU >= iou_thresh (difficult ones left out)."""
-    from minidet.boxes import bbox_overlaps
-
-    found = total = 0
-    for i, boxes in enumerate(proposals):
-        a = dataset.annotation(i)
-        gt = a["boxes"] if use_difficult else a["boxes"][~a["difficult"]]
-        if len(gt) == 0:
-            continue
-        total += len(gt)
-        if len(boxes):
-            best = bbox_overlaps(gt.astype(np.float64), boxes.astype(np.float64)).max(axis=1)
-            found += int((best >= iou_thresh).sum())
-    return found / total if total else float("nan")
-
-
 def main(argv=None):
     """`minidet proposals`: compute and cache the proposals of one split, and report their recall."""
+    from minidet.data.recall import proposal_recall
     from minidet.data.voc import VOCDataset
 
-    parser = argparse.ArgumentParser(prog="minidet proposals", description=main.__doc__.split(":", 1)[1].strip())
-    parser.add_argument("--data-dir", required=True, help="a VOC-layout folder (ImageSets/, Annotations/, JPEGImages/)")
-    parser.add_argument("--split", default="trainval", help="ImageSets/Main/SPLIT.txt (default: trainval)")
-    parser.add_argument("--cache-dir", default=None, help="where the .npy files go (default: DATA_DIR/proposals_cache)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--recall" in argv:
+        from minidet.data import recall
+        return recall.main([a for a in argv if a != "--recall"])
+    parser = argparse.ArgumentParser(
+        prog="minidet proposals", description=main.__doc__.split(":", 1)[1].strip(),
+        epilog="minidet proposals --recall --help: recall against boxes per image, per mode")
+    add_search_arguments(parser)
     parser.add_argument("--mode", choices=MODES, default="fast", help="selective-search setup (default: fast)")
     parser.add_argument("--max-boxes", type=int, default=2000, help="at most this many boxes per image (default: 2000)")
-    parser.add_argument("--min-size", type=float, default=2, help="drop boxes narrower or lower than this (default: 2)")
-    parser.add_argument("--max-side", type=int, default=500,
-                        help="search images larger than this at this longer side (default: 500; 0: full size)")
-    parser.add_argument("--classes", default=None, help="comma-separated class names when there is no classes.txt")
     args = parser.parse_args(argv)
-
-    class_names = args.classes.split(",") if args.classes else None
     try:
-        dataset = VOCDataset(args.data_dir, args.split, class_names)
+        dataset = VOCDataset(args.data_dir, args.split, args.classes.split(",") if args.classes else None)
     except (OSError, ValueError) as e:
         print(f"minidet proposals: {e}", file=sys.stderr)
         return 2
@@ -336,12 +248,31 @@ def main(argv=None):
     print(f"{len(dataset)} images of {args.data_dir} ({args.split}); cache: {cache_dir}")
     print(f"computed {stats['computed']}, from cache {stats['cached']}, wall time {elapsed:.1f} s")
     if stats["seconds_per_image"] is not None:
-        print(f"seconds/image (one worker): {stats['seconds_per_image']:.3f}")
+        print(f"seconds/image (CPU time of one worker): {stats['seconds_per_image']:.3f}")
     print(f"proposals/image: mean {counts.mean():.0f}, min {counts.min()}, max {counts.max()}")
     recall = proposal_recall(proposals, dataset, 0.5)
     if recall == recall:
         print(f"recall of the ground-truth boxes at IoU 0.5: {recall:.3f}")
     return 0
+
+
+def add_search_arguments(parser):
+    """The options that `minidet proposals` and `minidet proposals --recall` share."""
+    parser.add_argument("--data-dir", required=True, help="a VOC-layout folder (ImageSets/, Annotations/, JPEGImages/)")
+    parser.add_argument("--split", default="trainval", help="ImageSets/Main/SPLIT.txt (default: trainval)")
+    parser.add_argument("--classes", default=None, help="comma-separated class names when there is no classes.txt")
+    parser.add_argument("--cache-dir", default=None, help="where the .npy files go (default: DATA_DIR/proposals_cache)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    parser.add_argument("--min-size", type=float, default=2, help="drop boxes narrower or lower than this (default: 2)")
+    parser.add_argument("--max-side", type=int, default=500,
+                        help="search images larger than this at this longer side (default: 500; 0: full size)")
+
+
+def __getattr__(name):
+    if name == "load_mat_proposals":   # its home is now external_proposals; old imports still work
+        from minidet.data.external_proposals import load_mat_proposals
+        return load_mat_proposals
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
