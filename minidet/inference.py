@@ -149,10 +149,20 @@ def scales_from_arguments(args):
     return parse_scales(args.test_scales, "test scales") if args.test_scales is not None else args.scale
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="minidet eval", description="Evaluate a trained model with the VOC AP.")
+def recorded_data_dir(checkpoint):
+    """The training folder a saved model names, if it exists here; else None."""
+    from minidet.checkpoint import load_npz
+
+    data_dir = load_npz(checkpoint)[1].get("config", {}).get("data_dir")
+    return data_dir if data_dir and os.path.isdir(data_dir) else None
+
+
+def main(argv=None, prog="minidet eval", description="Evaluate a trained model with the VOC AP.", epilog=None):
+    """`minidet eval` (and examples/eval_voc.py): detect over a split and print the per-class AP table."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="OUT/final.npz (or OUT/checkpoint.npz) of a run")
-    parser.add_argument("--data-dir", required=True, help="VOC-layout folder")
+    parser.add_argument("--data-dir", default=None, help="VOC-layout folder (default: the one the model was trained on)")
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--out", default=None, help="folder for eval_<split>.json and pr_<split>.png "
@@ -162,25 +172,33 @@ def main(argv=None):
     parser.add_argument("--area-ap", action="store_true", help="VOC2010+ area AP instead of VOC07 11-point")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.device == "gpu":
-        from minidet.backend import require_cupy
+    name = prog.split()[-1] if prog.startswith("minidet") else prog
 
-        try:
-            require_cupy()
-        except RuntimeError as err:
-            print(f"minidet eval: {err}", file=sys.stderr)
-            return 2
-    out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
-    try:
-        summary = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, args.device, out,
-                                      args.proposals_dir, scales_from_arguments(args),
-                                      use_07_metric=not args.area_ap, progress=not args.no_progress,
-                                      max_size=args.max_size)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"minidet eval: {err}", file=sys.stderr)
+    def fail(message):
+        print(f"{name}: {message}", file=sys.stderr)
         return 2
-    print(f"mAP {100 * summary['map']:.1f} on {summary['images']} images of {args.split}; "
-          f"results in {os.path.join(out, f'eval_{args.split}.json')}")
+
+    try:
+        scale = scales_from_arguments(args)
+        if not os.path.isfile(args.checkpoint):
+            return fail(f"{args.checkpoint}: no such file")
+        if args.device == "gpu":
+            from minidet.backend import require_cupy
+
+            require_cupy()
+        data_dir = args.data_dir or recorded_data_dir(args.checkpoint)
+        if data_dir is None:
+            return fail("the checkpoint does not name a training folder that exists here; pass --data-dir")
+        if args.data_dir is None:
+            print(f"data: {data_dir} (recorded in the checkpoint)")
+        out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+        summary = evaluate_checkpoint(args.checkpoint, data_dir, args.split, args.device, out, args.proposals_dir,
+                                      scale, use_07_metric=not args.area_ap, progress=not args.no_progress,
+                                      max_size=args.max_size)
+    except (RuntimeError, OSError, ValueError) as err:
+        return fail(err)
+    print(f"mAP {100 * summary['map']:.1f} on {summary['images']} images of {args.split} at scale "
+          f"{summary['scale']} (longer side <= {summary['max_size']}); results in {out}")
     return 0
 
 

@@ -115,3 +115,16 @@ def test_eval_commands_offer_multi_scale_testing(module, capsys):
     assert main.main(["--checkpoint", "nowhere.npz", "--data-dir", ".", "--scale", "300",
                       "--test-scales", "180,240"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_eval_takes_the_training_folder_recorded_in_the_model(tiny_voc, tmp_path, capsys):
+    from minidet.inference import main
+    from tests.test_train import run
+
+    dataset, proposals = tiny_voc
+    run(dataset, proposals, tmp_path, iters=1)
+    assert main(["--checkpoint", str(tmp_path / "final.npz"), "--split", "trainval", "--no-progress",
+                 "--proposals-dir", str(tmp_path / "cache")]) == 0
+    assert f"data: {dataset.root} (recorded in the checkpoint)" in capsys.readouterr().out
+    assert main(["--checkpoint", str(tmp_path / "missing.npz")]) == 2
+    assert "missing.npz: no such file" in capsys.readouterr().err
