@@ -14,7 +14,6 @@ run. Reported per row: median and minimum seconds and the ratio minidet / torch 
 (below 1: minidet is faster). Written to benchmarks/results/bench_roi_align.json with a description
 of the machine.
 """
-import argparse
 import os
 import sys
 
@@ -23,7 +22,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_roi_pool import MAP_SHAPE, NUM_ROIS, proposal_like_boxes  # noqa: E402
-from benchmarks.common import machine_info, time_call, write_json  # noqa: E402
+from benchmarks.common import kernel_parser, machine_info, parse_kernel_arguments, time_call, write_json  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_roi_align.json")
 SETTINGS = dict(output_size=(7, 7), spatial_scale=1 / 16, sampling_ratio=2, aligned=True)
@@ -94,20 +93,7 @@ def measure(rows, repeat, threads):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 2)[2])
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (default 5)")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="threads for minidet's OpenMP kernels and for torch (default 2)")
-    parser.add_argument("--no-torch", action="store_true", help="time minidet alone")
-    parser.add_argument("--out", default=RESULTS, help=f"JSON output (default {os.path.relpath(RESULTS)})")
-    args = parser.parse_args(argv)
-    if args.repeat < 1 or args.threads < 1:
-        parser.error("--repeat and --threads must be at least 1")
-
-    # prange's team size: OpenMP reads this when it starts, which is at the first import below
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    args = parse_kernel_arguments(kernel_parser(__doc__, RESULTS), argv)
     import minidet._ext.roi_align  # noqa: F401
     import minidet._ext.roi_pool  # noqa: F401
     from threadpoolctl import threadpool_limits

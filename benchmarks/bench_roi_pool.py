@@ -16,7 +16,6 @@ minidet and torch are timed in separate blocks, each after a warm-up run. Report
 minimum seconds and the ratio minidet / torch of the medians (below 1: minidet is faster).
 Written to benchmarks/results/bench_roi_pool.json with a description of the machine.
 """
-import argparse
 import os
 import sys
 
@@ -24,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import machine_info, time_call, write_json  # noqa: E402
+from benchmarks.common import kernel_parser, machine_info, parse_kernel_arguments, time_call, write_json  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_roi_pool.json")
 MAP_SHAPE = (2, 512, 38, 63)  # conv5_3 of two 600x1000 images
@@ -120,20 +119,7 @@ def measure(workloads, repeat):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 2)[2])
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (default 5)")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="threads for minidet's OpenMP kernels and for torch (default 2)")
-    parser.add_argument("--no-torch", action="store_true", help="time minidet alone")
-    parser.add_argument("--out", default=RESULTS, help=f"JSON output (default {os.path.relpath(RESULTS)})")
-    args = parser.parse_args(argv)
-    if args.repeat < 1 or args.threads < 1:
-        parser.error("--repeat and --threads must be at least 1")
-
-    # prange's team size: OpenMP reads this when it starts, which is at the first import below
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    args = parse_kernel_arguments(kernel_parser(__doc__, RESULTS), argv)
     import minidet._ext.nms  # noqa: F401
     import minidet._ext.roi_pool  # noqa: F401
 

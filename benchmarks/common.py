@@ -66,3 +66,27 @@ def write_json(path, results):
         json.dump(results, f, indent=2, sort_keys=True)
         f.write("\n")
     print(f"wrote {path}")
+
+
+def kernel_parser(doc, results):
+    """The options of the kernel benchmarks (bench_roi_pool.py, bench_roi_align.py): --repeat,
+    --threads, --no-torch, --out; `doc` is the script's docstring (summary, body, epilog)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 2)[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (default 5)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads for minidet's OpenMP kernels and for torch (default 2)")
+    parser.add_argument("--no-torch", action="store_true", help="time minidet alone")
+    parser.add_argument("--out", default=results, help=f"JSON output (default {os.path.relpath(results)})")
+    return parser
+
+
+def parse_kernel_arguments(parser, argv):
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.threads < 1:
+        parser.error("--repeat and --threads must be at least 1")
+    # prange's team size: OpenMP reads this when it starts, which is at the first import of a kernel
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    return args

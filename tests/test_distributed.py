@@ -22,8 +22,6 @@ import pytest
 from minidet.convention import CAFFE
 from minidet.data.dataset import DatasetSubset
 from minidet.data.loader import BatchLoader
-from minidet.data.synthetic import write_synthetic_voc
-from minidet.data.voc import VOCDataset
 from minidet.distributed import Communicator, SingleProcess, choose_backend, merge_shards, scale_schedule
 from minidet.distributed.communicators import NCCLCommunicator
 from minidet.distributed.flat import FlatBuffer, gradient_buffer, pack_step, unpack_step
@@ -39,21 +37,10 @@ LOADER = dict(rois_per_image=64, scales=(64,), max_size=200, seed=5)
 # ---- data, model and a training loop made of minidet's pieces ------------------------------------
 
 def tiny_data(root):
-    """Four 64x80 synthetic images (all of one size: no padding in a batch) and proposals near their objects."""
-    root = write_synthetic_voc(root, num_trainval=4, num_test=1, image_size=(64, 80))
-    dataset = VOCDataset(root, "trainval")
-    rng = np.random.default_rng(0)
-    proposals = []
-    for i in range(len(dataset)):
-        gt = dataset.annotation(i)["boxes"]
-        near = np.repeat(gt, 8, axis=0) + rng.normal(0, 4, (8 * len(gt), 4))
-        xy = rng.uniform(0, [60, 44], (30, 2))
-        boxes = np.concatenate([near, np.concatenate([xy, xy + rng.uniform(8, 30, (30, 2))], axis=1)])
-        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, 79)
-        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, 63)
-        proposals.append(np.round(boxes[(boxes[:, 2] > boxes[:, 0] + 2) & (boxes[:, 3] > boxes[:, 1] + 2)])
-                         .astype(np.float32))
-    return dataset, proposals
+    """Four 64x80 synthetic images and proposals near their objects (tests/conftest.py make_tiny_voc)."""
+    from tests.conftest import make_tiny_voc
+
+    return make_tiny_voc(root, num_trainval=4, random_boxes=30, rounded=True)
 
 
 @pytest.fixture(scope="module")
