@@ -209,10 +209,11 @@ def test_proposal_mode_of_the_synthetic_set_finds_its_objects(tmp_path):
 
 def test_fine_mode_finds_the_touching_cells_of_real_microscopy_that_fast_merges(shared_data):
     # BCCD's red cells touch one another: fast's coarse initial regions merge them (docs/PROPOSALS.md).
-    from minidet.data.recall import NO_HIT, Subset, dataset_boxes_needed
+    from minidet.data.dataset import DatasetSubset
+    from minidet.data.recall import NO_HIT, dataset_boxes_needed
 
     bccd = VOCDataset(os.path.join(shared_data, "BCCD"), "test", ("RBC", "WBC", "Platelets"))
-    images = Subset(bccd, range(3))
+    images = DatasetSubset(bccd, range(3))
     found = {}
     for mode in ("fast", "fine"):
         proposals = [selective_search(bccd.load_image(i), max_boxes=2000, mode=mode) for i in range(3)]

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from minidet.data.recall import (NO_HIT, Subset, best_mode, boxes_needed, choose_mode, dataset_boxes_needed,
+from minidet.data.dataset import DatasetSubset
+from minidet.data.recall import (NO_HIT, best_mode, boxes_needed, choose_mode, dataset_boxes_needed,
                                  proposal_recall, recall_table)
 
 
@@ -159,7 +160,7 @@ def test_choose_mode_measures_a_spread_sample_and_caches_its_boxes_for_training(
     from minidet.data.voc import VOCDataset
 
     dataset = VOCDataset(write_synthetic_voc(tmp_path / "syn", num_trainval=5, num_test=1, image_size=(72, 96)))
-    sample = Subset.spread(dataset, 3)
+    sample = DatasetSubset.spread(dataset, 3)
     assert sample.ids == [dataset.ids[i] for i in (0, 2, 4)]
     np.testing.assert_array_equal(sample.annotation(1)["boxes"], dataset.annotation(2)["boxes"])
     mode, results = choose_mode(dataset, tmp_path / "cache", ("single", "compact"), budget=300, sample=3,

@@ -278,13 +278,11 @@ def roi_align_backward(const real[:, :, ::1] dy, const real[:, ::1] rois, real[:
                        bint use_threads=False):
     """dx_nhwc (N, H, W, C) += the backward of roi_align for dy (R, C, PH*PW); start it at zero."""
     cdef int H = dx_nhwc.shape[1], W = dx_nhwc.shape[2], C = dx_nhwc.shape[3]
-    cdef Py_ssize_t R = dy.shape[0]
-    cdef int B = pooled_h * pooled_w
+    cdef int nblocks = (C + BACKWARD_CHANNEL_BLOCK - 1) // BACKWARD_CHANNEL_BLOCK   # tasks: channel blocks
+    cdef int B = pooled_h * pooled_w, block, c0, nc, c, b
+    cdef Py_ssize_t R = dy.shape[0], r
     cdef real scale = <real> spatial_scale
     cdef int entries = largest_table(rois, scale, pooled_h, pooled_w, sampling_ratio, aligned)
-    cdef int nblocks = (C + BACKWARD_CHANNEL_BLOCK - 1) // BACKWARD_CHANNEL_BLOCK
-    cdef int block, c0, nc, c, b
-    cdef Py_ssize_t r
     cdef Scratch* s = NULL
     cdef real* g
     cdef const real* d

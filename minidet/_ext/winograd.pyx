@@ -49,6 +49,15 @@ cdef inline void combine(const real* coef, Py_ssize_t count, const real** src, r
         combine_double(coef, count, src, dst, length, add)
 
 
+cdef inline void apply_matrix(const real* mat, Py_ssize_t n_out, Py_ssize_t n_in, const real** src,
+                              real* dst, Py_ssize_t dst_step, Py_ssize_t length) noexcept nogil:
+    """One 1-D pass of a transform: dst + q * dst_step = sum_i mat[q, i] * src[i] for q < n_out
+    (mat row-major, n_out x n_in), each a row of `length`."""
+    cdef Py_ssize_t q
+    for q in range(n_out):
+        combine(mat + q * n_in, n_in, src, dst + q * dst_step, length, False)
+
+
 cdef inline void split_phases(const real* row, Py_ssize_t width, Py_ssize_t m, Py_ssize_t shift,
                               real* dst, Py_ssize_t plane, Py_ssize_t q_len) noexcept nogil:
     if real is float:
@@ -87,16 +96,14 @@ cdef void input_block(const real[:, :, :, ::1] x, const real[:, ::1] bt, Py_ssiz
             split_phases(&x[n, c, row, 0] if 0 <= row < H else NULL, W, m, 1, rows + i * m * P + b * Q, P, Q)
     for i in range(a):
         src[i] = rows + i * m * P
-    for k in range(a):
-        combine(&bt[k, 0], a, src, down + k * m * P, m * P, False)
+    apply_matrix(&bt[0, 0], a, a, src, down, m * P, m * P)
     for k in range(a):
         for j in range(a):               # column j of tile tw is phase j % m, index tw + j // m
             for b in range(nb):
                 memcpy(cols + j * L + b * TW, down + k * m * P + (j % m) * P + b * Q + j // m,
                        TW * sizeof(real))
             src[j] = cols + j * L
-        for i in range(a):
-            combine(&bt[i, 0], a, src, &v[k * a + i, c, col0], L, False)
+        apply_matrix(&bt[0, 0], a, a, src, &v[k * a, c, col0], v.shape[1] * v.shape[2], L)
 
 
 cdef void output_block(const real[:, :, ::1] mm, const real[:, ::1] at, real bias, Py_ssize_t f,
@@ -105,20 +112,18 @@ cdef void output_block(const real[:, :, ::1] mm, const real[:, ::1] at, real bia
     """y[n, f] of tile rows g .. g + nb - 1 = A^T M A + bias, cropped to y."""
     cdef Py_ssize_t m = at.shape[0], a = at.shape[1], H = y.shape[2], W = y.shape[3]
     cdef Py_ssize_t TW = (W + m - 1) // m, TH = (H + m - 1) // m, L = nb * TW
-    cdef Py_ssize_t b, n, th, i, j, r, s
+    cdef Py_ssize_t b, n, th, i, j, r
     cdef real* down = scratch            # (m, a, L): A^T applied down the tiles' columns
     cdef real* phase = down + m * a * L  # (m, m, L): output (r, s) of every tile
     cdef const real* src[MAX_TILE]
     for j in range(a):
         for i in range(a):
             src[i] = &mm[i * a + j, f, col0]
-        for r in range(m):
-            combine(&at[r, 0], a, src, down + (r * a + j) * L, L, False)
+        apply_matrix(&at[0, 0], m, a, src, down + j * L, a * L, L)
     for r in range(m):
         for j in range(a):
             src[j] = down + (r * a + j) * L
-        for s in range(m):
-            combine(&at[s, 0], a, src, phase + (r * m + s) * L, L, False)
+        apply_matrix(&at[0, 0], m, a, src, phase + r * m * L, L, L)
     for b in range(nb):
         n, th = (g + b) // TH, (g + b) % TH
         for r in range(m):
@@ -144,13 +149,11 @@ cdef void output_adjoint_block(const real[:, :, :, ::1] dy, const real[:, ::1] a
     for r in range(m):
         for i in range(m):
             src[i] = rows + (r * m + i) * L
-        for j in range(a):
-            combine(&a_mat[j, 0], m, src, across + (r * a + j) * L, L, False)
+        apply_matrix(&a_mat[0, 0], a, m, src, across + r * a * L, L, L)
     for j in range(a):
         for r in range(m):
             src[r] = across + (r * a + j) * L
-        for i in range(a):
-            combine(&a_mat[i, 0], m, src, &z[i * a + j, f, col0], L, False)
+        apply_matrix(&a_mat[0, 0], a, m, src, &z[j, f, col0], a * z.shape[1] * z.shape[2], L)
 
 
 cdef void input_adjoint_block(const real[:, :, ::1] dv, const real[:, ::1] b_mat, Py_ssize_t c,
@@ -179,8 +182,7 @@ cdef void input_adjoint_block(const real[:, :, ::1] dv, const real[:, ::1] b_mat
                     dst[q] += part[q]
     for k in range(a):
         src[k] = across + k * m * P
-    for i in range(a):
-        combine(&b_mat[i, 0], a, src, rows + i * m * P, m * P, False)
+    apply_matrix(&b_mat[0, 0], a, a, src, rows, m * P, m * P)
     for b in range(nb):
         n, th = (g + b) // TH, (g + b) % TH
         for i in range(a):
@@ -199,68 +201,49 @@ cdef inline void check(tuple shape, tuple expected, str what) except *:
         raise ValueError(f"{what} must be {expected}, got {shape[:len(expected)]}")
 
 
-def input_transform(const real[:, :, :, ::1] x, const real[:, ::1] bt, Py_ssize_t g0,
-                    real[:, :, ::1] v, bint parallel=False):
-    """V (a*a, C, G*TW) of the tile rows [g0, g0 + G) of x (N, C, H, W); bt = B^T (a, a)."""
-    cdef Py_ssize_t a = bt.shape[0], C = x.shape[1], TW = (x.shape[3] + a - 3) // (a - 2)
-    cdef Py_ssize_t G = v.shape[2] // TW, rows_per = block_rows(TW, G), NB = (G + rows_per - 1) // rows_per
+def to_tiles(const real[:, :, :, ::1] x, const real[:, ::1] mat, Py_ssize_t g0, real[:, :, ::1] out,
+             bint output_adjoint=False, bint parallel=False):
+    """Tiles (a*a, K, G*TW) of the tile rows [g0, g0 + G) of x (N, K, H, W): V = B^T d B with
+    mat = B^T (a, a), or, output_adjoint=True, Z = A dY A^T with mat = A (a, m)."""
+    cdef Py_ssize_t a = mat.shape[0], K = x.shape[1], TW = (x.shape[3] + a - 3) // (a - 2)
+    cdef Py_ssize_t G = out.shape[2] // TW, rows_per = block_rows(TW, G), NB = (G + rows_per - 1) // rows_per
     cdef Py_ssize_t task, b
     cdef real* scratch = NULL
-    check(tuple(v.shape), (a * a, C, G * TW), "V")
+    check(tuple(out.shape), (a * a, K, G * TW), "Z" if output_adjoint else "V")
     with nogil, parallel(use_threads_if=parallel):
         scratch = new_scratch(a, rows_per, TW, scratch)
-        for task in prange(C * NB, schedule="dynamic"):
+        for task in prange(K * NB, schedule="dynamic"):
             b = (task % NB) * rows_per
-            input_block(x, bt, task // NB, g0 + b, min(rows_per, G - b), b * TW, v, scratch)
+            if output_adjoint:
+                output_adjoint_block(x, mat, task // NB, g0 + b, min(rows_per, G - b), b * TW, out, scratch)
+            else:
+                input_block(x, mat, task // NB, g0 + b, min(rows_per, G - b), b * TW, out, scratch)
         free(scratch)
 
 
-def output_transform(const real[:, :, ::1] mm, const real[:, ::1] at, const real[::1] bias,
-                     Py_ssize_t g0, real[:, :, :, ::1] y, bint parallel=False):
-    """Write the tile rows [g0, g0 + G) of y (N, F, H, W) = A^T M A + bias; at = A^T (m, a)."""
-    cdef Py_ssize_t a = at.shape[1], F = y.shape[1], TW = (y.shape[3] + a - 3) // (a - 2)
-    cdef Py_ssize_t G = mm.shape[2] // TW, rows_per = block_rows(TW, G), NB = (G + rows_per - 1) // rows_per
+def from_tiles(const real[:, :, ::1] t, const real[:, ::1] mat, const real[::1] bias, Py_ssize_t g0,
+               real[:, :, :, ::1] image, bint input_adjoint=False, bint parallel=False):
+    """Write the tile rows [g0, g0 + G) of image (N, K, H, W) = A^T M A + bias of t = M (a*a, K, G*TW)
+    with mat = A^T (m, a); or, input_adjoint=True, add B dV B^T of t = dV into them with mat = B (a, a)
+    (bias unused). The adjoint's tiles overlap, so its task is a whole channel, its tile rows in order."""
+    cdef Py_ssize_t a = mat.shape[1] if not input_adjoint else mat.shape[0], K = image.shape[1]
+    cdef Py_ssize_t TW = (image.shape[3] + a - 3) // (a - 2)
+    cdef Py_ssize_t G = t.shape[2] // TW, rows_per = block_rows(TW, G), NB = (G + rows_per - 1) // rows_per
     cdef Py_ssize_t task, b
     cdef real* scratch = NULL
-    check(tuple(mm.shape)[:3] + (bias.shape[0],), (a * a, F, G * TW, F), "M and bias")
+    check(tuple(t.shape)[:3] + (bias.shape[0],), (a * a, K, G * TW, K), "dV" if input_adjoint else "M and bias")
     with nogil, parallel(use_threads_if=parallel):
         scratch = new_scratch(a, rows_per, TW, scratch)
-        for task in prange(F * NB, schedule="dynamic"):
-            b = (task % NB) * rows_per
-            output_block(mm, at, bias[task // NB], task // NB, g0 + b, min(rows_per, G - b), b * TW, y, scratch)
-        free(scratch)
-
-
-def output_transform_adjoint(const real[:, :, :, ::1] dy, const real[:, ::1] a_mat, Py_ssize_t g0,
-                             real[:, :, ::1] z, bint parallel=False):
-    """Z (a*a, F, G*TW) = A dY A^T of the tile rows [g0, g0 + G) of dy (N, F, H, W); a_mat = A (a, m)."""
-    cdef Py_ssize_t a = a_mat.shape[0], F = dy.shape[1], TW = (dy.shape[3] + a - 3) // (a - 2)
-    cdef Py_ssize_t G = z.shape[2] // TW, rows_per = block_rows(TW, G), NB = (G + rows_per - 1) // rows_per
-    cdef Py_ssize_t task, b
-    cdef real* scratch = NULL
-    check(tuple(z.shape), (a * a, F, G * TW), "Z")
-    with nogil, parallel(use_threads_if=parallel):
-        scratch = new_scratch(a, rows_per, TW, scratch)
-        for task in prange(F * NB, schedule="dynamic"):
-            b = (task % NB) * rows_per
-            output_adjoint_block(dy, a_mat, task // NB, g0 + b, min(rows_per, G - b), b * TW, z, scratch)
-        free(scratch)
-
-
-def input_transform_adjoint(const real[:, :, ::1] dv, const real[:, ::1] b_mat, Py_ssize_t g0,
-                            real[:, :, :, ::1] dx, bint parallel=False):
-    """dx (N, C, H, W) += the adjoint of the input transform of the tile rows [g0, g0 + G); b_mat = B."""
-    cdef Py_ssize_t a = b_mat.shape[0], C = dx.shape[1], TW = (dx.shape[3] + a - 3) // (a - 2)
-    cdef Py_ssize_t G = dv.shape[2] // TW, rows_per = block_rows(TW, G), c, b
-    cdef real* scratch = NULL
-    check(tuple(dv.shape), (a * a, C, G * TW), "dV")
-    with nogil, parallel(use_threads_if=parallel):
-        scratch = new_scratch(a, rows_per, TW, scratch)
-        for c in prange(C, schedule="dynamic"):
-            b = 0
-            while b < G:             # in order: the tiles of neighbouring rows add into the same pixels
-                input_adjoint_block(dv, b_mat, c, g0 + b, min(rows_per, G - b), b * TW, dx, scratch)
-                b = b + rows_per
+        for task in prange(K if input_adjoint else K * NB, schedule="dynamic"):
+            if input_adjoint:
+                b = 0
+                while b < G:
+                    input_adjoint_block(t, mat, task, g0 + b, min(rows_per, G - b), b * TW, image, scratch)
+                    b = b + rows_per
+            else:
+                b = (task % NB) * rows_per
+                output_block(t, mat, bias[task // NB], task // NB, g0 + b, min(rows_per, G - b), b * TW,
+                             image, scratch)
         free(scratch)
 
 

@@ -8,6 +8,7 @@ format; a format says where its images are and where their sizes come from.
 import os
 
 import cv2
+import numpy as np
 
 
 class AnnotationError(ValueError):
@@ -76,6 +77,11 @@ class DatasetSubset:
         self.ids = [dataset.ids[i] for i in self.indices]
         self.class_names = dataset.class_names
         self.root = getattr(dataset, "root", None)
+
+    @classmethod
+    def spread(cls, dataset, n):
+        """n images evenly spread over the data set (a folder may be sorted by source, date or class)."""
+        return cls(dataset, np.unique(np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(int)))
 
     def __len__(self):
         return len(self.indices)

@@ -21,6 +21,7 @@ import sys
 import numpy as np
 
 from minidet.boxes import bbox_overlaps
+from minidet.data.dataset import DatasetSubset
 
 NO_HIT = np.iinfo(np.int64).max
 IOU_THRESHOLDS = (0.5, 0.7)
@@ -93,32 +94,6 @@ def proposal_recall(proposals, dataset, iou_thresh=0.5, use_difficult=False):
     return float(np.mean(needed[0] != NO_HIT)) if needed.shape[1] else float("nan")
 
 
-class Subset:
-    """Some images of a data set (by index), with the interface that proposals and recall use."""
-
-    def __init__(self, dataset, indices):
-        self.dataset, self.indices = dataset, [int(i) for i in indices]
-        self.ids = [dataset.ids[i] for i in self.indices]
-        self.class_names = dataset.class_names
-
-    @classmethod
-    def spread(cls, dataset, n):
-        """n images evenly spread over the data set (a folder may be sorted by source, date or class)."""
-        return cls(dataset, np.unique(np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(int)))
-
-    def __len__(self):
-        return len(self.ids)
-
-    def image_path(self, i):
-        return self.dataset.image_path(self.indices[i])
-
-    def image_size(self, i):
-        return self.dataset.image_size(self.indices[i])
-
-    def annotation(self, i):
-        return self.dataset.annotation(self.indices[i])
-
-
 def measure_modes(dataset, modes, cache_dir, workers=2, min_size=2, max_side=500, thresholds=IOU_THRESHOLDS,
                   budgets=BUDGETS, progress=True, max_boxes=None):
     """Recall of each selective-search mode on a data set, the boxes of each image computed (and cached) once
@@ -178,7 +153,7 @@ def choose_mode(dataset, cache_dir, candidates=AUTO_CANDIDATES, budget=2000, sam
     The sample's boxes are computed with max_boxes=budget, the setting training and detection use, so the
     chosen mode's are cached for them and not searched again.
     """
-    subset = Subset.spread(dataset, sample)
+    subset = DatasetSubset.spread(dataset, sample)
     results = measure_modes(subset, candidates, cache_dir, workers, min_size, max_side, (0.5,), (budget,),
                             progress, max_boxes=budget)
     return best_mode(results, budget), results
@@ -267,7 +242,7 @@ def main(argv=None):
         print(f"minidet proposals --recall: {e}", file=sys.stderr)
         return 2
     if args.limit:
-        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
+        dataset = DatasetSubset(dataset, range(min(args.limit, len(dataset))))
     cache_dir = args.cache_dir or os.path.join(args.data_dir, "proposals_cache")
     results = measure_modes(dataset, modes, cache_dir, args.workers, args.min_size, args.max_side or None,
                             thresholds, budgets)

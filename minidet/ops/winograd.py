@@ -144,72 +144,67 @@ def filter_transform_adjoint(du, m, out=None):
 
 def input_transform(x, m, rows=None, out=None):
     """V (a*a, C, (g1 - g0) TW) of x (N, C, H, W), tile rows rows = (g0, g1) (default: all)."""
-    xp = get_array_module(x)
-    _check(x, 4, "x")
-    n, c, h, w = x.shape
-    g0, g1 = _rows(rows, n * tiles(h, m))
-    a = m + 2
-    out = _out(xp, out, (a * a, c, (g1 - g0) * tiles(w, m)), x.dtype, "out")
-    if xp is not np:
-        out[...] = input_transform_reference(x, m, (g0, g1))
-        return out
-    bt = matrices(m, x.dtype)[0]
-    _cpu.input_transform(np.ascontiguousarray(x), bt, g0, out, out.size >= PARALLEL_MIN_SIZE)
-    return out
+    return _image_to_tiles(x, m, rows, out, "x", False)
 
 
 def output_transform(mm, bias, m, out, rows=None):
     """Write y = A^T M A + bias into the tile rows rows = (g0, g1) of out (N, F, H, W); returns out."""
-    xp = get_array_module(mm)
-    _check(mm, 3, "M")
-    n, f, h, w = out.shape
-    g0, g1 = _rows(rows, n * tiles(h, m))
-    a = m + 2
-    if mm.shape != (a * a, f, (g1 - g0) * tiles(w, m)):
-        raise ValueError(f"M must be {(a * a, f, (g1 - g0) * tiles(w, m))} for {out.shape}, got {mm.shape}")
-    _out(xp, out, out.shape, mm.dtype, "out")
-    bias = bias.astype(mm.dtype, copy=False)
-    if xp is not np:
-        _write_tile_rows(out, output_transform_reference(mm, bias, m, out.shape, (g0, g1)), m, (g0, g1))
-        return out
-    at = matrices(m, mm.dtype)[2]
-    _cpu.output_transform(np.ascontiguousarray(mm), at, np.ascontiguousarray(bias), g0, out,
-                          mm.size >= PARALLEL_MIN_SIZE)
-    return out
+    return _tiles_to_image(mm, m, out, rows, "M", "out", bias)
 
 
 def output_transform_adjoint(dy, m, rows=None, out=None):
     """Z (a*a, F, (g1 - g0) TW) of dy (N, F, H, W), tile rows rows = (g0, g1) (default: all)."""
-    xp = get_array_module(dy)
-    _check(dy, 4, "dy")
-    n, f, h, w = dy.shape
-    g0, g1 = _rows(rows, n * tiles(h, m))
-    a = m + 2
-    out = _out(xp, out, (a * a, f, (g1 - g0) * tiles(w, m)), dy.dtype, "out")
-    if xp is not np:
-        out[...] = output_transform_adjoint_reference(dy, m, (g0, g1))
-        return out
-    a_mat = np.ascontiguousarray(matrices(m, dy.dtype)[2].T)
-    _cpu.output_transform_adjoint(np.ascontiguousarray(dy), a_mat, g0, out, out.size >= PARALLEL_MIN_SIZE)
-    return out
+    return _image_to_tiles(dy, m, rows, out, "dy", True)
 
 
 def input_transform_adjoint(dv, m, dx, rows=None):
     """Add the adjoint of the input transform of dV (a*a, C, (g1 - g0) TW) into dx (N, C, H, W); returns dx."""
-    xp = get_array_module(dv)
-    _check(dv, 3, "dV")
-    n, c, h, w = dx.shape
+    return _tiles_to_image(dv, m, dx, rows, "dV", "dx", None)
+
+
+def _image_to_tiles(x, m, rows, out, what, output_adjoint):
+    """(a*a, K, (g1 - g0) TW) of x (N, K, H, W): the input transform (B^T d B), or the output
+    transform's adjoint (A dY A^T)."""
+    xp = get_array_module(x)
+    _check(x, 4, what)
+    n, k, h, w = x.shape
     g0, g1 = _rows(rows, n * tiles(h, m))
     a = m + 2
-    if dv.shape != (a * a, c, (g1 - g0) * tiles(w, m)):
-        raise ValueError(f"dV must be {(a * a, c, (g1 - g0) * tiles(w, m))} for {dx.shape}, got {dv.shape}")
-    _out(xp, dx, dx.shape, dv.dtype, "dx")
+    out = _out(xp, out, (a * a, k, (g1 - g0) * tiles(w, m)), x.dtype, "out")
     if xp is not np:
-        _add_tile_rows(dx, input_transform_adjoint_reference(dv, m, dx.shape, (g0, g1)), m, (g0, g1))
-        return dx
-    b_mat = np.ascontiguousarray(matrices(m, dv.dtype)[0].T)
-    _cpu.input_transform_adjoint(np.ascontiguousarray(dv), b_mat, g0, dx, dv.size >= PARALLEL_MIN_SIZE)
-    return dx
+        reference = output_transform_adjoint_reference if output_adjoint else input_transform_reference
+        out[...] = reference(x, m, (g0, g1))
+        return out
+    bt, _, at = matrices(m, x.dtype)
+    mat = np.ascontiguousarray(at.T) if output_adjoint else bt
+    _cpu.to_tiles(np.ascontiguousarray(x), mat, g0, out, output_adjoint, out.size >= PARALLEL_MIN_SIZE)
+    return out
+
+
+def _tiles_to_image(t, m, image, rows, what, image_what, bias):
+    """Write (a*a, K, (g1 - g0) TW) tiles t into the tile rows (g0, g1) of image (N, K, H, W): the
+    output transform, A^T M A + bias; or with bias None add them: the input transform's adjoint, B dV B^T."""
+    xp = get_array_module(t)
+    _check(t, 3, what)
+    n, k, h, w = image.shape
+    g0, g1 = _rows(rows, n * tiles(h, m))
+    a = m + 2
+    if t.shape != (a * a, k, (g1 - g0) * tiles(w, m)):
+        raise ValueError(f"{what} must be {(a * a, k, (g1 - g0) * tiles(w, m))} for {image.shape}, got {t.shape}")
+    _out(xp, image, image.shape, t.dtype, image_what)
+    input_adjoint = bias is None
+    if xp is not np:
+        if input_adjoint:
+            _add_tile_rows(image, input_transform_adjoint_reference(t, m, image.shape, (g0, g1)), m, (g0, g1))
+        else:
+            tiles_y = output_transform_reference(t, bias.astype(t.dtype, copy=False), m, image.shape, (g0, g1))
+            _write_tile_rows(image, tiles_y, m, (g0, g1))
+        return image
+    bt, _, at = matrices(m, t.dtype)
+    mat = np.ascontiguousarray(bt.T) if input_adjoint else at
+    bias = np.zeros(k, t.dtype) if input_adjoint else np.ascontiguousarray(bias, dtype=t.dtype)
+    _cpu.from_tiles(np.ascontiguousarray(t), mat, bias, g0, image, input_adjoint, t.size >= PARALLEL_MIN_SIZE)
+    return image
 
 
 # ---- plain array references (NumPy or CuPy) ---------------------------------------------------
@@ -217,6 +212,23 @@ def input_transform_adjoint(dv, m, dx, rows=None):
 def _images(rows, th):
     """The images [n0, n1) that tile rows [g0, g1) touch."""
     return rows[0] // th, -(-rows[1] // th)
+
+
+def _grid(shape, m, rows):
+    """(TH, TW, a, (g0, g1), n0, n1) of an (N, K, H, W) array cut into m x m tiles, for tile rows `rows`."""
+    n, _, h, w = shape
+    th = tiles(h, m)
+    rows = _rows(rows, n * th)
+    return (th, tiles(w, m), m + 2, rows) + _images(rows, th)
+
+
+def _unselect_rows(part, rows, th, tw, n0, n1):
+    """(a*a, K, (n1 - n0) TH, TW), zero but for the tile rows `rows` taken from part (a*a, K, (g1 - g0) TW):
+    the adjoint of _select_rows."""
+    xp = get_array_module(part)
+    full = xp.zeros((part.shape[0], part.shape[1], (n1 - n0) * th, tw), dtype=part.dtype)
+    full[:, :, rows[0] - n0 * th:rows[1] - n0 * th] = part.reshape(part.shape[0], part.shape[1], -1, tw)
+    return full
 
 
 def _select_rows(full, rows, th, n0):
@@ -245,10 +257,8 @@ def filter_transform_adjoint_reference(du, m):
 def input_transform_reference(x, m, rows=None):
     """V of the tile rows `rows`: every a x a tile of the padded input, B^T d B."""
     xp = get_array_module(x)
-    n, c, h, w = x.shape
-    th, tw, a = tiles(h, m), tiles(w, m), m + 2
-    rows = _rows(rows, n * th)
-    n0, n1 = _images(rows, th)
+    c, h, w = x.shape[1:]
+    th, tw, a, rows, n0, n1 = _grid(x.shape, m, rows)
     xpad = xp.zeros((n1 - n0, c, m * th + 2, m * tw + 2), dtype=x.dtype)
     xpad[:, :, 1:h + 1, 1:w + 1] = x[n0:n1]
     d = xp.empty((n1 - n0, c, th, tw, a, a), dtype=x.dtype)
@@ -264,12 +274,9 @@ def output_transform_reference(mm, bias, m, y_shape, rows=None):
     """The output tiles A^T M A + b of tile rows `rows`, as (n1 - n0, F, m TH, m TW) (uncropped,
     zero outside those rows)."""
     xp = get_array_module(mm)
-    n, f, h, w = y_shape
-    th, tw, a = tiles(h, m), tiles(w, m), m + 2
-    rows = _rows(rows, n * th)
-    n0, n1 = _images(rows, th)
-    full = xp.zeros((a * a, f, (n1 - n0) * th, tw), dtype=mm.dtype)
-    full[:, :, rows[0] - n0 * th:rows[1] - n0 * th] = mm.reshape(a * a, f, -1, tw)
+    f = y_shape[1]
+    th, tw, a, rows, n0, n1 = _grid(y_shape, m, rows)
+    full = _unselect_rows(mm, rows, th, tw, n0, n1)
     at = xp.asarray(matrices(m, mm.dtype)[2])
     t = full.reshape(a, a, f, n1 - n0, th, tw).transpose(3, 2, 4, 5, 0, 1)   # (n, F, TH, TW, a, a)
     y = at @ t @ at.T + bias.reshape(1, f, 1, 1, 1, 1)                   # (n, F, TH, TW, m, m)
@@ -279,10 +286,8 @@ def output_transform_reference(mm, bias, m, y_shape, rows=None):
 def output_transform_adjoint_reference(dy, m, rows=None):
     """Z of the tile rows `rows`: A dY A^T of every m x m tile of dy (zero beyond its edges)."""
     xp = get_array_module(dy)
-    n, f, h, w = dy.shape
-    th, tw, a = tiles(h, m), tiles(w, m), m + 2
-    rows = _rows(rows, n * th)
-    n0, n1 = _images(rows, th)
+    f, h, w = dy.shape[1:]
+    th, tw, a, rows, n0, n1 = _grid(dy.shape, m, rows)
     dypad = xp.zeros((n1 - n0, f, m * th, m * tw), dtype=dy.dtype)
     dypad[:, :, :h, :w] = dy[n0:n1]
     tiles_dy = dypad.reshape(n1 - n0, f, th, m, tw, m).transpose(0, 1, 2, 4, 3, 5)
@@ -295,12 +300,9 @@ def input_transform_adjoint_reference(dv, m, x_shape, rows=None):
     """The adjoint of input_transform_reference applied to dV of tile rows `rows`: each tile's
     B dV B^T added onto the pixels it was read from, as (n1 - n0, C, H, W)."""
     xp = get_array_module(dv)
-    n, c, h, w = x_shape
-    th, tw, a = tiles(h, m), tiles(w, m), m + 2
-    rows = _rows(rows, n * th)
-    n0, n1 = _images(rows, th)
-    full = xp.zeros((a * a, c, (n1 - n0) * th, tw), dtype=dv.dtype)
-    full[:, :, rows[0] - n0 * th:rows[1] - n0 * th] = dv.reshape(a * a, c, -1, tw)
+    c, h, w = x_shape[1:]
+    th, tw, a, rows, n0, n1 = _grid(x_shape, m, rows)
+    full = _unselect_rows(dv, rows, th, tw, n0, n1)
     b_mat = xp.asarray(matrices(m, dv.dtype)[0]).T
     t = full.reshape(a, a, c, n1 - n0, th, tw).transpose(3, 2, 4, 5, 0, 1)   # (n, C, TH, TW, a, a)
     d = b_mat @ t @ b_mat.T

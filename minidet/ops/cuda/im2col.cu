@@ -12,12 +12,12 @@
 // the thread counts and the planes fit (minidet/ops/im2col.py); offsets into cols and x, which may
 // not, are taken in 64 bits once per thread and then advanced by pointer steps.
 
+// The geometry both kernels take between their input and their output, and the thread count.
+#define IM2COL_ARGS \
+    int N, int C, int H, int W, int kh, int kw, int sh, int sw, int ph, int pw, int OH, int OW, int threads
+
 // One thread per (c, n, oh, ow): `threads` = C * N * OH * OW.
-extern "C" __global__ void im2col(const scalar_t* __restrict__ x,
-                                  int N, int C, int H, int W,
-                                  int kh, int kw, int sh, int sw, int ph, int pw,
-                                  int OH, int OW, int threads,
-                                  scalar_t* __restrict__ cols) {
+extern "C" __global__ void im2col(const scalar_t* __restrict__ x, IM2COL_ARGS, scalar_t* __restrict__ cols) {
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= threads) return;
     const int columns = N * OH * OW;
@@ -45,11 +45,7 @@ extern "C" __global__ void im2col(const scalar_t* __restrict__ x,
 // (i, j) = (ih + ph - oh*sh, iw + pw - ow*sw) of each window (oh, ow) with 0 <= i < kh and
 // 0 <= j < kw. Its taps are added in increasing (i, j), the order of the CPU's col2im
 // (minidet/_ext/im2col.pyx), so that both devices round every sum alike.
-extern "C" __global__ void col2im(const scalar_t* __restrict__ cols,
-                                  int N, int C, int H, int W,
-                                  int kh, int kw, int sh, int sw, int ph, int pw,
-                                  int OH, int OW, int threads,
-                                  scalar_t* __restrict__ dx) {
+extern "C" __global__ void col2im(const scalar_t* __restrict__ cols, IM2COL_ARGS, scalar_t* __restrict__ dx) {
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= threads) return;
     const int hp = (t / W) % H + ph;              // the pixel's row and column in xpad

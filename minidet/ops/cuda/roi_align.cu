@@ -76,12 +76,14 @@ __device__ __forceinline__ void for_each_point(const SamplingGrid& g, int ph, in
     }
 }
 
-// One thread per output y[r, c, ph, pw]; x (N, C, H, W), rois (R, 5) = [n, x1, y1, x2, y2].
-extern "C" __global__ void roi_align_forward(const scalar_t* __restrict__ x,
-                                             const scalar_t* __restrict__ rois,
-                                             long long total, int num_images, int channels,
-                                             int height, int width, int pooled_h, int pooled_w,
-                                             scalar_t spatial_scale, int sampling_ratio, int aligned,
+// The arguments of both kernels between their input and their output: rois (R, 5) = [n, x1, y1,
+// x2, y2], the element count R C PH PW, and the geometry of minidet/ops/roi_align.py.
+#define ROI_ALIGN_ARGS                                                                            \
+    const scalar_t* __restrict__ rois, long long total, int num_images, int channels, int height, \
+        int width, int pooled_h, int pooled_w, scalar_t spatial_scale, int sampling_ratio, int aligned
+
+// One thread per output y[r, c, ph, pw]; x (N, C, H, W).
+extern "C" __global__ void roi_align_forward(const scalar_t* __restrict__ x, ROI_ALIGN_ARGS,
                                              scalar_t* __restrict__ y) {
     CUDA_KERNEL_LOOP(t, total) {
         const RoIBin b = roi_bin_of(t, rois, channels, pooled_h, pooled_w);
@@ -102,11 +104,7 @@ extern "C" __global__ void roi_align_forward(const scalar_t* __restrict__ x,
 
 // One thread per dy[r, c, ph, pw]: each point of its bin adds dy * w / count to its four cells of
 // dx (N, C, H, W), which starts at zero. atomicAdd, because bins and RoIs share cells.
-extern "C" __global__ void roi_align_backward(const scalar_t* __restrict__ dy,
-                                              const scalar_t* __restrict__ rois,
-                                              long long total, int num_images, int channels,
-                                              int height, int width, int pooled_h, int pooled_w,
-                                              scalar_t spatial_scale, int sampling_ratio, int aligned,
+extern "C" __global__ void roi_align_backward(const scalar_t* __restrict__ dy, ROI_ALIGN_ARGS,
                                               scalar_t* __restrict__ dx) {
     CUDA_KERNEL_LOOP(t, total) {
         const RoIBin b = roi_bin_of(t, rois, channels, pooled_h, pooled_w);

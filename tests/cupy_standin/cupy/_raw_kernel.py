@@ -33,6 +33,18 @@ from ._array import host_array, ndarray
 
 _HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "host_cuda.h")
 _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
+# Object-like macros (a name, then a body, possibly continued with backslashes): a kernel's parameter
+# list may name one, and the preprocessor would expand it before nvcc saw the list.
+_DEFINE = re.compile(r"^#define[ \t]+(\w+)[ \t]+((?:[^\n]*\\\n)*[^\n]*)", re.M)
+
+
+def kernel_parameters(code):
+    """{kernel name: its parameter list as text, object-like macros expanded} of a CUDA source."""
+    defines = {name: body.replace("\\\n", " ") for name, body in _DEFINE.findall(code)}
+    expand = lambda text: re.sub(r"\b\w+\b", lambda m: defines.get(m.group(0), m.group(0)), text)
+    return {kernel: expand(params) for kernel, params in _KERNEL.findall(code)}
+
+
 _QUALIFIERS = {"const", "volatile", "__restrict__"}
 _C_TYPES = {  # C type of a parameter (or of a pointer's elements) -> its numpy dtype and ctypes type
     "bool": (numpy.bool_, ctypes.c_bool),
@@ -249,7 +261,7 @@ class RawKernel:
         self.code, self.name, self.options = code, name, tuple(options)
         macros = dict(o[2:].split("=", 1) for o in self.options if o.startswith("-D") and "=" in o)
         self.kernels = {kernel: [Parameter(p, macros) for p in params.split(",") if p.strip()]
-                        for kernel, params in _KERNEL.findall(code)}
+                        for kernel, params in kernel_parameters(code).items()}
         if name not in self.kernels:
             raise ValueError(f'cupy stand-in: no extern "C" __global__ kernel {name} in the source')
         self.parameters = self.kernels[name]
