@@ -31,6 +31,7 @@ from minidet.backend import require_cupy
 from minidet.checkpoint import (BBOX_MEANS, BBOX_STDS, CHECKPOINT_NAME, FINAL_NAME, build_model,
                                 load_initial_weights, read_checkpoint, write_checkpoint, write_final)
 from minidet.convention import SCRATCH, InputConvention
+from minidet.data.training_set import load_training_data
 from minidet.device_batch import DeviceBatches
 from minidet.distributed import make_communicator, scale_schedule
 from minidet.losses import fast_rcnn_loss
@@ -71,23 +72,6 @@ def make_loader(config, dataset, proposals, convention, num_classes, start, comm
                        scales=tuple(config.scales), max_size=config.max_size, flip=config.flip,
                        use_difficult=config.use_difficult, seed=config.seed, start_iteration=start,
                        rank=comm.rank, world_size=comm.size)
-
-
-def load_training_data(config, dataset, proposals, comm, log):
-    """The training split and its proposals, read and computed (cached, shared out between ranks) unless given."""
-    from minidet.data.proposals import proposals_cache_dir
-    from minidet.data.voc import VOCDataset
-    from minidet.distributed import load_proposals_sharded
-
-    if dataset is None:
-        dataset = VOCDataset(config.data_dir, config.split, config.class_names)
-    if proposals is None:
-        cache = proposals_cache_dir(config.data_dir, config.out, config.proposals_dir)
-        log(f"proposals for {len(dataset)} images of {config.split} ({config.proposal_mode} selective search, "
-            f"cached in {cache})")
-        proposals = load_proposals_sharded(comm, dataset, cache, workers=config.proposal_workers,
-                                           mode=config.proposal_mode, progress=config.progress)
-    return dataset, proposals
 
 
 def prepare_model(config, class_names, ckpt_path, comm, log):
@@ -135,7 +119,9 @@ def train(config, dataset=None, proposals=None, log=print, comm=None):
     log = log if comm.is_root else (lambda *args: None)
     os.makedirs(config.out, exist_ok=True)
     ckpt_path, log_path = os.path.join(config.out, CHECKPOINT_NAME), os.path.join(config.out, LOG_NAME)
-    dataset, proposals = load_training_data(config, dataset, proposals, comm, log)
+    dataset, proposals, mode = load_training_data(config, dataset, proposals, comm, log)
+    if mode != config.proposal_mode:    # what "auto" or a proposals file stood for, recorded with the run
+        config = dataclasses.replace(config, proposal_mode=mode)
     class_names = tuple(dataset.class_names)
     model, optimizer, convention, start = prepare_model(config, class_names, ckpt_path, comm, log)
     if comm.size > 1:

@@ -40,7 +40,11 @@ class TrainConfig:
     use_difficult: bool = False
     class_names: tuple = None                # when the folder has no classes.txt
     proposals_dir: str = None                # default: minidet.data.proposals.proposals_cache_dir
-    proposal_mode: str = "fast"              # selective search setup (minidet.data.proposals.MODES)
+    proposal_mode: str = "auto"              # selective search setup (minidet.data.proposals.MODES), or
+                                             # "auto": chosen by recall on 24 training images (fast or fine)
+    proposals_file: str = None               # the training split's proposals from another tool (.npz/.mat/.pkl)
+    proposals_layout: str = None             # how that file writes boxes (minidet.data.external_proposals)
+    test_proposals_file: str = None          # the same for the test split that train_voc.py evaluates on
     proposal_workers: int = 2
     checkpoint_every: int = 5000
     seed: int = 0

@@ -24,7 +24,7 @@ def test_small_recipe_on_the_synthetic_set_is_the_embedded_default():
     # 400 trainval images of 320x240, flipped: 400 iterations an epoch, 10 epochs, the step at 8
     r = values(recipe("small", {"images": 400, "epoch_images": 800, "shorter_side": 240, "synthetic": True}))
     assert (r["iters"], r["step_size"], r["checkpoint_every"], r["scales"]) == (4000, 3200, 500, (240,))
-    assert r["proposal_mode"] == "compact" and r["model_kwargs"] == {"width": 0.125, "dropout": 0.0}
+    assert r["proposal_mode"] == "compact" and r["model_kwargs"] == {"width": 0.25, "dropout": 0.0}
 
 
 def test_large_images_train_at_the_papers_scale_and_iterations_keep_the_step_share():

@@ -126,6 +126,7 @@ def measure_modes(dataset, modes, cache_dir, workers=2, min_size=2, max_side=500
 
 
 AUTO_CANDIDATES = ("fast", "fine")
+AUTO_SAMPLE = 24         # training images choose_mode measures on: a minute of searching on 2 cores
 
 
 def best_mode(results, budget=2000, threshold=0.5, margin=0.02, min_objects=10):
@@ -145,8 +146,8 @@ def best_mode(results, budget=2000, threshold=0.5, margin=0.02, min_objects=10):
     return min((m for m in results if scores[m] >= best - margin), key=lambda m: results[m]["boxes_per_image"])
 
 
-def choose_mode(dataset, cache_dir, candidates=AUTO_CANDIDATES, budget=2000, sample=24, workers=2, min_size=2,
-                max_side=500, progress=True):
+def choose_mode(dataset, cache_dir, candidates=AUTO_CANDIDATES, budget=2000, sample=AUTO_SAMPLE, workers=2,
+                min_size=2, max_side=500, progress=True):
     """The selective-search mode for a data set, chosen by measuring (docs/PROPOSALS.md): best_mode of the
     candidates on `sample` images spread over it (its training split). Returns (mode, measure_modes' results).
 
