@@ -75,14 +75,14 @@ def make_loader(config, dataset, proposals, convention, num_classes, start, comm
 
 def load_training_data(config, dataset, proposals, comm, log):
     """The training split and its proposals, read and computed (cached, shared out between ranks) unless given."""
+    from minidet.data.open import data_home, open_dataset
     from minidet.data.proposals import proposals_cache_dir
-    from minidet.data.voc import VOCDataset
     from minidet.distributed import load_proposals_sharded
 
     if dataset is None:
-        dataset = VOCDataset(config.data_dir, config.split, config.class_names)
+        dataset = open_dataset(config.data_dir, config.split, config.class_names, config.coco_json, config.images)
     if proposals is None:
-        cache = proposals_cache_dir(config.data_dir, config.out, config.proposals_dir)
+        cache = proposals_cache_dir(data_home(config.data_dir, config.coco_json), config.out, config.proposals_dir)
         log(f"proposals for {len(dataset)} images of {config.split} ({config.proposal_mode} selective search, "
             f"cached in {cache})")
         proposals = load_proposals_sharded(comm, dataset, cache, workers=config.proposal_workers,
@@ -120,7 +120,8 @@ def prepare_model(config, class_names, ckpt_path, comm, log):
 def train(config, dataset=None, proposals=None, log=print, comm=None):
     """Run (or resume) training as `config` says -> dict(final, checkpoint, iterations, seconds, last).
 
-    dataset / proposals: an already loaded data set and its proposals (else read from config.data_dir).
+    dataset / proposals: an already loaded data set and its proposals (else read from config.data_dir, or
+    config.coco_json and config.images: minidet.data.open).
     comm: the run's communicator (default: made from config.distributed and config.allreduce).
     """
     if config.device not in ("cpu", "gpu"):
@@ -207,8 +208,8 @@ def _show(progress, record):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="minidet train", description="Train a Fast R-CNN on a VOC-layout folder; "
-                                     "every setting of TrainConfig is an option.")
+    parser = argparse.ArgumentParser(prog="minidet train", description="Train a Fast R-CNN on a VOC- or COCO-layout "
+                                     "folder, or a COCO file; every setting of TrainConfig is an option.")
     parser.add_argument("--config", help="a run's config.json to start from; the options given override it")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
@@ -218,8 +219,8 @@ def main(argv=None):
             with open(args.config) as f:
                 base = json.load(f)
         config = TrainConfig.from_dict(dict(base, **given_settings(args)))
-        if not config.data_dir:
-            parser.error("--data-dir is needed (or a --config that names one)")
+        if not (config.data_dir or config.coco_json):
+            parser.error("--data-dir, or --coco-json with --images, is needed (or a --config that names them)")
         summary = train(config)
     except TrainingDiverged as err:
         print(f"minidet train: {err}", file=sys.stderr)
