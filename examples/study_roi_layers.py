@@ -25,7 +25,7 @@ SETTINGS = (("pool", "conv5_3"), ("align", "conv5_3"), ("pool", "conv4_3"), ("al
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--data-dir", required=True, help="a VOC-layout folder with trainval and test splits")
+    parser.add_argument("--data-dir", required=True, help="a VOC- or COCO-layout folder with trainval and test splits")
     parser.add_argument("--classes", default=None, help="class names a,b,c when the folder has no classes.txt")
     parser.add_argument("--iters", type=int, default=None, help="iterations of every run (default: the recipe's)")
     parser.add_argument("--scales", default=None, help="training scale (default: the recipe's)")
@@ -55,13 +55,13 @@ def main(argv=None):
     args = parse_args(argv)
     from minidet.arguments import parse_classes, parse_scales
     from minidet.data.proposals import proposals_cache_dir
-    from minidet.data.voc import VOCDataset
+    from minidet.data.open import open_dataset
     from minidet.recipes import data_summary, recipe, with_iterations
     from minidet.study.conflicts import run_conflict_study
     from minidet.train_config import TrainConfig
 
     classes = parse_classes(args.classes)
-    dataset = VOCDataset(args.data_dir, "trainval", classes)
+    dataset = open_dataset(args.data_dir, "trainval", classes)
     settings = recipe("small", data_summary(dataset))
     if args.iters:
         settings = with_iterations(settings, args.iters, "option")

@@ -1,15 +1,21 @@
-"""Train a Fast R-CNN on a VOC-layout folder, then evaluate it on the folder's test split.
+"""Train a Fast R-CNN on a VOC- or COCO-layout folder or on COCO files, then evaluate it on the test split.
 
     python examples/train_voc.py                       # no VOC here: the embedded synthetic set, CPU, minutes
     python examples/train_voc.py --data-dir VOCdevkit/VOC2007 --weights vgg16.npz --device gpu
     python examples/train_voc.py --data-dir my_data --classes cat,dog --preset small
+    python examples/train_voc.py --coco-json train.json --images images/ --test-coco-json test.json --preset small
     python examples/train_voc.py --resume              # continue the run in --out where it stopped
+
+A data folder is in the VOC layout (ImageSets/Main/SPLIT.txt, Annotations/, JPEGImages/) or in
+COCO's (annotations/instances_SPLIT.json, images in SPLIT/ or images/); --coco-json and --images
+name a COCO file and its images directly, --test-coco-json (and --test-images, default --images)
+the file evaluated after training (minidet.data.open).
 
 With a VOC folder: VGG16 fine-tuned from ImageNet weights with the paper's settings (SPEC.md
 "Training": lr 0.001, x0.1 after 30k of 40k iterations, N = 2 images, R = 128 RoIs, scale 600).
 Convert the weights once with `minidet convert-weights vgg16-397923af.pth vgg16.npz`.
 
-Without --data-dir and with no VOC at ./VOCdevkit/VOC2007 or ./data/VOCdevkit/VOC2007, the
+Without --data-dir or --coco-json and with no VOC at ./VOCdevkit/VOC2007 or ./data/VOCdevkit/VOC2007, the
 embedded synthetic data set is written into ./data/synthetic (once) and the narrow preset is
 trained on it from scratch on the CPU. --preset small trains the same narrow network from scratch
 on any folder. The settings are the recipe of the preset scaled to the data (minidet.recipes),
@@ -17,8 +23,9 @@ then those of --config, then the options given; the run prints each with where i
 Every TrainConfig field is an option (--rois-per-image 64, --flip false, --model-kwargs JSON, ...).
 
 A run's folder (--out) receives checkpoint.npz, final.npz, log.jsonl, config.json, loss.png,
-metrics.json (map, per-class ap, iterations, seconds), eval_test.json, pr_test.png and a few
-pictures of detections in detections/.
+metrics.json (map, per-class ap, coco: COCO's metrics when pycocotools is installed, iterations,
+seconds), eval_test.json, pr_test.png, the test detections as detections_test.json (COCO results)
+and detections_test.csv, and a few pictures of detections in detections/.
 """
 import argparse
 import json
@@ -55,15 +62,21 @@ def parse_args(argv):
 
 
 def choose_settings(args, log=print, comm=None):
-    """(data_dir, {TrainConfig field: (value, where it comes from)}, synthetic?): the recipe of the
-    preset on this data, then the --config file, then the options given."""
+    """(dataset, {TrainConfig field: (value, where it comes from)}, synthetic?): the recipe of the
+    preset on this data, then the --config file, then the options given. Data given as options
+    (--data-dir or --coco-json) replace the --config's, test files included."""
+    from minidet.data.open import DATA_SETTINGS, evaluation_source, open_dataset
+
     given = given_settings(args)
     base = {}
     if args.config:
         with open(args.config) as f:
             base = json.load(f)
-    data_dir = given.get("data_dir") or base.get("data_dir")
-    if data_dir is None:
+    if "data_dir" in given or "coco_json" in given:
+        base = {k: v for k, v in base.items() if k not in DATA_SETTINGS}
+    chosen = dict(base, **given)
+    data_dir, coco_json = chosen.get("data_dir"), chosen.get("coco_json")
+    if data_dir is None and coco_json is None:
         data_dir = find_voc()
         if data_dir is None:
             log(f"no VOC found at {' or '.join(VOC_LOCATIONS)}: training on the embedded synthetic data set "
@@ -71,7 +84,7 @@ def choose_settings(args, log=print, comm=None):
             data_dir = SYNTHETIC_DIR
         else:
             log(f"found VOC at {data_dir}")
-    synthetic = os.path.abspath(data_dir) == os.path.abspath(SYNTHETIC_DIR)
+    synthetic = data_dir is not None and os.path.abspath(data_dir) == os.path.abspath(SYNTHETIC_DIR)
     if synthetic and (comm is None or comm.is_root):
         from minidet.data.synthetic import write_synthetic_voc
 
@@ -80,22 +93,23 @@ def choose_settings(args, log=print, comm=None):
         log(f"synthetic data set ready in {data_dir} ({time.perf_counter() - start:.1f} s)")
     if comm is not None:
         comm.barrier()                  # the other ranks read what rank 0 wrote
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"{data_dir}: no such folder")
-    from minidet.data.voc import VOCDataset
-
-    chosen = dict(base, **given)
-    dataset = VOCDataset(data_dir, chosen.get("split", "trainval"), chosen.get("class_names"))
+    dataset = open_dataset(data_dir, chosen.get("split", "trainval"), chosen.get("class_names"), coco_json,
+                           chosen.get("images"))
+    if not args.no_eval:
+        evaluation_source(dict(chosen, data_dir=data_dir))      # no test set: say so before training
     preset = chosen.get("preset") or ("small" if synthetic else "vgg16")
     settings = recipe(preset, data_summary(dataset, chosen.get("flip", True)), chosen.get("images_per_batch"),
                       1 if comm is None else comm.size)
     if "iters" in chosen and "step_size" not in chosen:
         source = "option" if "iters" in given else "--config"
         settings = with_iterations(settings, chosen["iters"], source)
-    settings["out"] = (os.path.join("runs", os.path.basename(os.path.abspath(data_dir))), "the data folder's name")
+    settings["out"] = ((os.path.join("runs", os.path.basename(os.path.abspath(data_dir))), "the data folder's name")
+                       if data_dir is not None else
+                       (os.path.join("runs", os.path.splitext(os.path.basename(coco_json))[0]), "the COCO file's name"))
     settings.update({k: (v, "--config") for k, v in base.items()})
     settings.update({k: (v, "option") for k, v in given.items()})
-    settings["data_dir"] = (data_dir, "option" if "data_dir" in given else "--config" if "data_dir" in base else "found")
+    if data_dir is not None and "data_dir" not in chosen:
+        settings["data_dir"] = (data_dir, "found")
     return dataset, settings, synthetic
 
 
@@ -120,6 +134,7 @@ def main(argv=None):
     started = time.perf_counter()
     args = parse_args(argv)
     from minidet.backend import require_cupy
+    from minidet.data.open import describe_source, evaluation_source
     from minidet.plots import plot_losses
     from minidet.train import TrainingDiverged, train
     from minidet.train_config import TrainConfig
@@ -150,7 +165,9 @@ def main(argv=None):
         return 2
     say("settings (value, where it comes from):\n" + format_recipe(settings))
     config = TrainConfig.from_dict({k: v for k, (v, _) in settings.items()})
-    say(f"training {config.preset} on {config.data_dir} ({config.split}) for {config.iters} iterations "
+    data = (f"{config.data_dir} ({config.split})" if config.data_dir else
+            describe_source(coco_json=config.coco_json, images=config.images))
+    say(f"training {config.preset} on {data} for {config.iters} iterations "
           f"on the {config.device.upper()}; run folder {config.out}")
     start = time.perf_counter()
     try:
@@ -169,18 +186,21 @@ def main(argv=None):
     metrics = {"iterations": summary["iterations"], "train_seconds": round(time.perf_counter() - start, 1),
                "preset": config.preset, "data_dir": config.data_dir, "device": config.device,
                "final": summary["final"]}
+    metrics.update({k: getattr(config, k) for k in ("coco_json", "images") if getattr(config, k)})
     plot_losses(os.path.join(config.out, "log.jsonl"), os.path.join(config.out, "loss.png"))
     if not args.no_eval:
-        from minidet.data.voc import VOCDataset
         from minidet.inference import evaluate_checkpoint
 
         start = time.perf_counter()
-        result = evaluate_checkpoint(summary["final"], config.data_dir, "test", config.device, config.out,
-                                     config.proposals_dir, class_names=config.class_names)
+        result = evaluate_checkpoint(summary["final"], split="test", device=config.device, out=config.out,
+                                     proposals_dir=config.proposals_dir, class_names=config.class_names,
+                                     workers=config.proposal_workers, **evaluation_source(config.to_dict()))
         metrics.update(map=result["map"], ap=result["ap"], test_images=result["images"],
                        eval_seconds=round(time.perf_counter() - start, 1),
                        detect_seconds=round(result["detect_seconds"], 1))
-        dataset = VOCDataset(config.data_dir, "test", config.class_names)
+        if result["coco"] is not None:
+            metrics["coco"] = {k: v for k, v in result["coco"].items() if k != "stats"}
+        dataset = result["dataset"]
         save_pictures(dataset, result["detections"], list(dataset.class_names),
                       os.path.join(config.out, "detections"))
     metrics["seconds"] = round(time.perf_counter() - started, 1)

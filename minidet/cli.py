@@ -4,8 +4,8 @@ import sys
 
 # subcommand -> (module, one-line help); each module defines main(argv) with its own --help
 COMMANDS = {
-    "train": ("minidet.train", "train a Fast R-CNN on a VOC-layout folder"),
-    "eval": ("minidet.inference", "evaluate a checkpoint with the VOC07 mAP"),
+    "train": ("minidet.train", "train a Fast R-CNN on a VOC- or COCO-layout folder, or a COCO file"),
+    "eval": ("minidet.inference", "evaluate a checkpoint, or a detections file, with the VOC07 mAP and COCO's metrics"),
     "proposals": ("minidet.data.proposals", "compute and cache selective-search proposals for a split"),
     "convert-weights": ("minidet.weights", "convert a torchvision VGG16 .pth (or minidet .npz) to minidet's .npz"),
     "gradcheck": ("minidet.gradcheck", "check every layer's backward against finite differences"),

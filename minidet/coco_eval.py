@@ -139,6 +139,19 @@ def coco_evaluate(dataset_or_coco_gt, detections):
     return out
 
 
+def coco_metrics(dataset, detections, log=print):
+    """coco_evaluate's numbers (without the printed summary), their table logged; None, said in one
+    line, when pycocotools is not installed (the VOC figures do not need it)."""
+    try:
+        _require_pycocotools()
+    except ImportError as err:
+        log(f"COCO metrics skipped: {err}")
+        return None
+    result = coco_evaluate(dataset, detections)
+    log(format_coco_table(result))
+    return {k: v for k, v in result.items() if k != "summary"}
+
+
 def format_coco_table(result):
     """The twelve COCO numbers and the per-class AP / AP50 table of a coco_evaluate result, as text (x100)."""
     def pct(v):

@@ -1,14 +1,17 @@
-"""A trained model over a data set: detections of every image, their VOC AP, the printed table.
+"""A trained model over a data set: detections of every image, their VOC AP and COCO metrics, the tables.
 
     model, info = load_model(OUT/final.npz)              (minidet.detect)
+    the data set: a VOC- or COCO-layout folder, or a COCO file and its images (minidet.data.open)
     proposals of each image (selective search, cached)   (minidet.data.proposals)
     detect_dataset: minidet.detect.detect on every image, at one test scale or a pyramid of them
     evaluate_detections: minidet.evaluate.eval_detection_voc against every annotated object as
         written (VOCDataset.annotation(i, as_written=True)), as the devkit counts them
-    format_table: the per-class AP as text; the curves go to minidet.plots.plot_pr_curves
+    score_detections: that VOC AP, COCO's metrics beside it (minidet.coco_eval, when pycocotools is
+        installed), the tables (format_table, format_coco_table), the files of detections_io
 
-evaluate_checkpoint does all of it for a saved model and writes OUT/eval_<split>.json and
-OUT/pr_<split>.png; `main` is the `minidet eval` command.
+evaluate_checkpoint does all of it for a saved model and evaluate_detections_file for detections
+made elsewhere; both write OUT/eval_<split>.json, OUT/pr_<split>.png and OUT/detections_<split>.json
+and .csv. `main` is the `minidet eval` command (and examples/eval_voc.py).
 """
 import argparse
 import json
@@ -18,7 +21,7 @@ import time
 
 import numpy as np
 
-from minidet.arguments import parse_scales
+from minidet.arguments import parse_classes, parse_scales
 from minidet.evaluate import eval_detection_voc
 
 
@@ -83,31 +86,60 @@ def format_table(result, class_names):
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(checkpoint, data_dir, split="test", device="cpu", out=None, proposals_dir=None,
-                        scale=None, class_names=None, use_07_metric=True, progress=True, workers=2, log=print,
-                        max_size=None):
-    """Load a saved model, detect over a split, compute the VOC AP; write results into `out`.
+def score_detections(dataset, detections, split, out=None, use_07_metric=True, log=print, source=None, **facts):
+    """The VOC AP and COCO's metrics of (boxes, labels, scores) lists over a data set, their tables logged.
 
-    scale: the test scale, or a sequence of them for multi-scale testing (default: the model's);
-    max_size: the cap on the longer side (default: the model's).
-    Returns dict(map, ap {class name: AP or None}, images, split, scale, max_size, detect_seconds,
-    metric, checkpoint, detections (boxes, labels, scores lists)); when `out` is given, writes all
-    but the detections to OUT/eval_<split>.json and the precision-recall curves to OUT/pr_<split>.png.
+    Returns the summary: map, ap {class name: AP or None}, images, split, metric, the facts given,
+    coco (minidet.coco_eval.coco_metrics; None without pycocotools). With `out`, writes the summary to
+    OUT/eval_<split>.json, the curves to OUT/pr_<split>.png and the detections to
+    OUT/detections_<split>.json (COCO results) and .csv (minidet.detections_io), except over `source`,
+    the file they were read from; the summary then names the detection files.
     """
-    from minidet.data.proposals import load_proposals
-    from minidet.data.voc import VOCDataset
-    from minidet.detect import load_model
+    from minidet.atomic import atomic_write
+    from minidet.coco_eval import coco_metrics
+    from minidet.detections_io import write_detections
     from minidet.plots import plot_pr_curves
-    from minidet.data.proposals import proposals_cache_dir
+
+    result = evaluate_detections(dataset, *detections, use_07_metric)
+    log(format_table(result, dataset.class_names))
+    summary = {"map": result["map"], "ap": result["ap_by_class"], "images": len(dataset), "split": split,
+               "metric": "VOC07 11-point" if use_07_metric else "area", **facts,
+               "coco": coco_metrics(dataset, detections, log)}
+    if out:
+        os.makedirs(out, exist_ok=True)
+        summary["detection_files"] = [os.path.join(out, f"detections_{split}.{ext}") for ext in ("json", "csv")]
+        for path in summary["detection_files"]:
+            if source is None or not (os.path.exists(path) and os.path.samefile(path, source)):
+                write_detections(path, dataset, *detections)
+        with atomic_write(os.path.join(out, f"eval_{split}.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        plot_pr_curves(result, dataset.class_names, os.path.join(out, f"pr_{split}.png"))
+    return summary
+
+
+def evaluate_checkpoint(checkpoint, data_dir=None, split="test", device="cpu", out=None, proposals_dir=None,
+                        scale=None, class_names=None, use_07_metric=True, progress=True, workers=2, log=print,
+                        max_size=None, coco_json=None, images=None):
+    """Load a saved model, detect over a split, score the detections (score_detections); write into `out`.
+
+    The data: data_dir (a VOC- or COCO-layout folder and its split) or coco_json and images
+    (minidet.data.open), their classes matched to the model's by name. scale: the test scale, or a
+    sequence of them for multi-scale testing (default: the model's); max_size: the cap on the longer
+    side (default: the model's). Returns score_detections' summary with scale, max_size,
+    detect_seconds, checkpoint, and (not written) dataset and detections (boxes, labels, scores lists).
+    """
+    from minidet.data.open import data_home, open_dataset
+    from minidet.data.proposals import load_proposals, proposals_cache_dir
+    from minidet.detect import load_model
 
     model, info = load_model(checkpoint, device)
     names = class_names or info["class_names"]
-    dataset = VOCDataset(data_dir, split, names)
+    dataset = open_dataset(data_dir, split, names, coco_json, images)
     if list(dataset.class_names) != list(info["class_names"]):
         raise ValueError(f"the data set's classes {list(dataset.class_names)} are not the model's "
                          f"{info['class_names']}")
     run_dir = out or os.path.dirname(os.path.abspath(checkpoint))
-    cache = proposals_cache_dir(data_dir, run_dir, proposals_dir)
+    cache = proposals_cache_dir(data_home(data_dir, coco_json), run_dir, proposals_dir)
     mode = info["proposal_mode"]
     log(f"proposals for {len(dataset)} images of {split} ({mode} selective search, cached in {cache})")
     proposals = load_proposals(dataset, cache, workers=workers, mode=mode, progress=progress)
@@ -115,21 +147,23 @@ def evaluate_checkpoint(checkpoint, data_dir, split="test", device="cpu", out=No
     scale = int(scale) if np.ndim(scale) == 0 else [int(s) for s in scale]
     max_size = int(max_size or info["max_size"])
     started = time.perf_counter()
-    boxes, labels, scores = detect_dataset(model, dataset, proposals, info["convention"], scale, max_size,
-                                           device, progress)
-    seconds = time.perf_counter() - started
-    result = evaluate_detections(dataset, boxes, labels, scores, use_07_metric)
-    log(format_table(result, dataset.class_names))
-    summary = {"map": result["map"], "ap": result["ap_by_class"], "images": len(dataset), "split": split,
-               "scale": scale, "max_size": max_size, "detect_seconds": seconds,
-               "metric": "VOC07 11-point" if use_07_metric else "area", "checkpoint": os.path.abspath(checkpoint)}
-    if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, f"eval_{split}.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        plot_pr_curves(result, dataset.class_names, os.path.join(out, f"pr_{split}.png"))
-    summary["detections"] = (boxes, labels, scores)
-    return summary
+    detections = detect_dataset(model, dataset, proposals, info["convention"], scale, max_size, device, progress)
+    summary = score_detections(dataset, detections, split, out, use_07_metric, log, scale=scale, max_size=max_size,
+                               detect_seconds=time.perf_counter() - started, checkpoint=os.path.abspath(checkpoint))
+    return dict(summary, dataset=dataset, detections=detections)
+
+
+def evaluate_detections_file(path, data_dir=None, split="test", out=None, class_names=None, use_07_metric=True,
+                             log=print, coco_json=None, images=None):
+    """Score the detections of a file made elsewhere (COCO results .json or minidet's .csv,
+    minidet.detections_io) against a split, without a model: score_detections' summary."""
+    from minidet.data.open import open_dataset
+    from minidet.detections_io import load_detections
+
+    dataset = open_dataset(data_dir, split, class_names, coco_json, images)
+    detections = load_detections(path, dataset)
+    return score_detections(dataset, detections, split, out, use_07_metric, log, source=path,
+                            detections_file=os.path.abspath(path))
 
 
 def add_scale_arguments(parser):
@@ -149,24 +183,42 @@ def scales_from_arguments(args):
     return parse_scales(args.test_scales, "test scales") if args.test_scales is not None else args.scale
 
 
-def recorded_data_dir(checkpoint):
-    """The training folder a saved model names, if it exists here; else None."""
+def recorded_data(checkpoint, split=None):
+    """(source, split) of the data a saved model was trained on (minidet.data.open.recorded_source),
+    or None when it names none that exists here."""
     from minidet.checkpoint import load_npz
+    from minidet.data.open import recorded_source
 
-    data_dir = load_npz(checkpoint)[1].get("config", {}).get("data_dir")
-    return data_dir if data_dir and os.path.isdir(data_dir) else None
+    return recorded_source(load_npz(checkpoint)[1].get("config", {}), split)
 
 
-def main(argv=None, prog="minidet eval", description="Evaluate a trained model with the VOC AP.", epilog=None):
-    """`minidet eval` (and examples/eval_voc.py): detect over a split and print the per-class AP table."""
+def add_data_arguments(parser):
+    """What to evaluate: a model or a detections file, and the data set (minidet.data.open)."""
+    parser.add_argument("--checkpoint", default=None, help="OUT/final.npz (or OUT/checkpoint.npz) of a run")
+    parser.add_argument("--detections", default=None, metavar="FILE",
+                        help="instead of a model: score the detections of FILE, made elsewhere (COCO results "
+                             ".json, or minidet's .csv), against the data set")
+    parser.add_argument("--data-dir", default=None, help="a VOC- or COCO-layout folder (default: the one the "
+                                                         "model was trained on)")
+    parser.add_argument("--coco-json", default=None, help="a COCO instances file instead of --data-dir")
+    parser.add_argument("--images", default=None, help="the folder of --coco-json's images")
+    parser.add_argument("--classes", type=parse_classes, default=None,
+                        help="a,b,c: class names of a VOC folder without classes.txt (default: the model's)")
+    parser.add_argument("--split", default=None, help="split to evaluate (default test; with --coco-json it names "
+                                                      "the output files, default the file's name)")
+
+
+def main(argv=None, prog="minidet eval", description="Evaluate a trained model with the VOC AP and COCO's metrics.",
+         epilog=None):
+    """`minidet eval` (and examples/eval_voc.py): detect over a split (or read detections) and print the AP tables."""
+    from minidet.data.open import describe_source, split_name
+
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="OUT/final.npz (or OUT/checkpoint.npz) of a run")
-    parser.add_argument("--data-dir", default=None, help="VOC-layout folder (default: the one the model was trained on)")
-    parser.add_argument("--split", default="test", help="split to evaluate (default test)")
+    add_data_arguments(parser)
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--out", default=None, help="folder for eval_<split>.json and pr_<split>.png "
-                                                    "(default: the checkpoint's folder)")
+    parser.add_argument("--out", default=None, help="folder for eval_<split>.json, pr_<split>.png and "
+                        "detections_<split>.json/.csv (default: the checkpoint's or the detections file's folder)")
     add_scale_arguments(parser)
     parser.add_argument("--proposals-dir", default=None, help="proposal cache folder")
     parser.add_argument("--area-ap", action="store_true", help="VOC2010+ area AP instead of VOC07 11-point")
@@ -180,25 +232,44 @@ def main(argv=None, prog="minidet eval", description="Evaluate a trained model w
 
     try:
         scale = scales_from_arguments(args)
-        if not os.path.isfile(args.checkpoint):
-            return fail(f"{args.checkpoint}: no such file")
-        if args.device == "gpu":
+        given = args.checkpoint or args.detections
+        if not given or (args.checkpoint and args.detections):
+            return fail("give --checkpoint (a model to evaluate) or --detections FILE (detections to score)"
+                        + (", not both" if given else ""))
+        if not os.path.isfile(given):
+            return fail(f"{given}: no such file")
+        if args.detections and (scale is not None or args.max_size is not None):
+            return fail("--scale, --test-scales and --max-size set how a model is run; --detections has no model")
+        if args.device == "gpu" and args.checkpoint:
             from minidet.backend import require_cupy
 
             require_cupy()
-        data_dir = args.data_dir or recorded_data_dir(args.checkpoint)
-        if data_dir is None:
-            return fail("the checkpoint does not name a training folder that exists here; pass --data-dir")
-        if args.data_dir is None:
-            print(f"data: {data_dir} (recorded in the checkpoint)")
-        out = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
-        summary = evaluate_checkpoint(args.checkpoint, data_dir, args.split, args.device, out, args.proposals_dir,
-                                      scale, use_07_metric=not args.area_ap, progress=not args.no_progress,
-                                      max_size=args.max_size)
+        source, split = dict(data_dir=args.data_dir, coco_json=args.coco_json, images=args.images), args.split
+        if not any(source.values()):
+            recorded = recorded_data(args.checkpoint, split) if args.checkpoint else None
+            if recorded is None:
+                return fail(("the checkpoint does not name a data set that exists here" if args.checkpoint else
+                             "--detections needs the data set it was made on") +
+                            "; pass --data-dir, or --coco-json with --images")
+            source, split = recorded
+            print(f"data: {describe_source(**source)} (recorded in the checkpoint)")
+        split = split or split_name(**source)
+        out = args.out or os.path.dirname(os.path.abspath(given))
+        if args.detections:
+            summary = evaluate_detections_file(args.detections, split=split, out=out, class_names=args.classes,
+                                               use_07_metric=not args.area_ap, **source)
+        else:
+            summary = evaluate_checkpoint(args.checkpoint, split=split, device=args.device, out=out,
+                                          proposals_dir=args.proposals_dir, scale=scale, class_names=args.classes,
+                                          use_07_metric=not args.area_ap, progress=not args.no_progress,
+                                          max_size=args.max_size, **source)
     except (RuntimeError, OSError, ValueError) as err:
         return fail(err)
-    print(f"mAP {100 * summary['map']:.1f} on {summary['images']} images of {args.split} at scale "
-          f"{summary['scale']} (longer side <= {summary['max_size']}); results in {out}")
+    how = (f"detections of {args.detections}" if args.detections else
+           f"at scale {summary['scale']} (longer side <= {summary['max_size']})")
+    ap = (summary["coco"] or {}).get("AP")
+    coco = "" if ap is None else f", COCO AP {100 * ap:.1f}"
+    print(f"mAP {100 * summary['map']:.1f}{coco} on {summary['images']} images of {split}, {how}; results in {out}")
     return 0
 
 

@@ -104,7 +104,8 @@ def prepare_model(config, class_names, ckpt_path, comm, log):
 def train(config, dataset=None, proposals=None, log=print, comm=None):
     """Run (or resume) training as `config` says -> dict(final, checkpoint, iterations, seconds, last).
 
-    dataset / proposals: an already loaded data set and its proposals (else read from config.data_dir).
+    dataset / proposals: an already loaded data set and its proposals (else read from config.data_dir, or
+    config.coco_json and config.images: minidet.data.open).
     comm: the run's communicator (default: made from config.distributed and config.allreduce).
     """
     if config.device not in ("cpu", "gpu"):
@@ -193,8 +194,8 @@ def _show(progress, record):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="minidet train", description="Train a Fast R-CNN on a VOC-layout folder; "
-                                     "every setting of TrainConfig is an option.")
+    parser = argparse.ArgumentParser(prog="minidet train", description="Train a Fast R-CNN on a VOC- or COCO-layout "
+                                     "folder, or a COCO file; every setting of TrainConfig is an option.")
     parser.add_argument("--config", help="a run's config.json to start from; the options given override it")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
@@ -204,8 +205,8 @@ def main(argv=None):
             with open(args.config) as f:
                 base = json.load(f)
         config = TrainConfig.from_dict(dict(base, **given_settings(args)))
-        if not config.data_dir:
-            parser.error("--data-dir is needed (or a --config that names one)")
+        if not (config.data_dir or config.coco_json):
+            parser.error("--data-dir, or --coco-json with --images, is needed (or a --config that names them)")
         summary = train(config)
     except TrainingDiverged as err:
         print(f"minidet train: {err}", file=sys.stderr)

@@ -14,7 +14,11 @@ class TrainConfig:
     The defaults are the paper's (VGG16 from ImageNet weights, SPEC.md "Training"):
     lr 0.001, momentum 0.9, decay 0.0005, x0.1 after 30k of 40k iterations, N=2, R=128, scale 600.
     """
-    data_dir: str = None
+    data_dir: str = None                     # a VOC- or COCO-layout folder (minidet.data.open) ...
+    coco_json: str = None                    # ... or the training split's COCO file, with its image folder:
+    images: str = None
+    test_coco_json: str = None               # what examples/train_voc.py evaluates on after training
+    test_images: str = None                  # (default: the data folder's test split; test_images: images)
     out: str = "runs/train"
     split: str = "trainval"
     preset: str = "vgg16"                    # "vgg16" (the paper's model) or "small" (narrow, from scratch)
@@ -78,7 +82,10 @@ class TrainConfig:
 
 _PARSERS = {"scales": parse_scales, "class_names": parse_classes, "model_kwargs": json.loads}
 _ALIASES = {"class_names": ("--classes",)}
-_HELP = {"class_names": "a,b,c", "scales": "comma-separated", "model_kwargs": "JSON, e.g. '{\"dropout\": 0}'"}
+_HELP = {"class_names": "a,b,c", "scales": "comma-separated", "model_kwargs": "JSON, e.g. '{\"dropout\": 0}'",
+         "data_dir": "a VOC- or COCO-layout folder", "coco_json": "the training split's COCO file, instead of "
+         "--data-dir", "images": "the folder of --coco-json's images", "test_coco_json": "the COCO file to "
+         "evaluate on after training", "test_images": "its image folder (default: --images)"}
 
 
 def add_config_arguments(parser, skip=()):

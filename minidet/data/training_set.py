@@ -1,7 +1,7 @@
 """The training split as a run reads it: its images, and their proposals from the cache, from a file,
 or from the selective-search mode that "auto" chooses by measuring recall on a sample of the split."""
+from minidet.data.open import data_home, open_dataset
 from minidet.data.proposals import proposals_cache_dir
-from minidet.data.voc import VOCDataset
 from minidet.distributed import load_proposals_sharded
 
 FALLBACK_MODE = "fast"   # recorded for a model trained on a proposals file, where "auto" had nothing to measure
@@ -13,7 +13,7 @@ def load_training_data(config, dataset, proposals, comm, log):
     one a model records for detection: "auto" resolved by measuring recall on a sample of the split
     (minidet.data.recall.choose_mode, on rank 0), else config.proposal_mode."""
     if dataset is None:
-        dataset = VOCDataset(config.data_dir, config.split, config.class_names)
+        dataset = open_dataset(config.data_dir, config.split, config.class_names, config.coco_json, config.images)
     mode = config.proposal_mode
     if proposals is None and config.proposals_file:
         from minidet.data.external_proposals import load_external_proposals
@@ -24,7 +24,7 @@ def load_training_data(config, dataset, proposals, comm, log):
         if mode == "auto":      # what detection computes where no proposals file is given at test time
             mode = FALLBACK_MODE
     elif proposals is None:
-        cache = proposals_cache_dir(config.data_dir, config.out, config.proposals_dir)
+        cache = proposals_cache_dir(data_home(config.data_dir, config.coco_json), config.out, config.proposals_dir)
         if mode == "auto":
             mode = comm.bcast_obj(choose_proposal_mode(dataset, cache, config, log) if comm.is_root else None)
         log(f"proposals for {len(dataset)} images of {config.split} ({mode} selective search, cached in {cache})")

@@ -12,11 +12,11 @@ def label_name(label, class_names):
 
 def _draw_example(ax, result, example):
     from minidet.data.transforms import flip_image
-    from minidet.data.voc import VOCDataset
+    from minidet.data.open import open_dataset
 
     with warnings.catch_warnings():  # the study has already reported the annotations' problems
         warnings.simplefilter("ignore")
-        dataset = VOCDataset(result["data_dir"], result["split"], result["class_names"])
+        dataset = open_dataset(result["data_dir"], result["split"], result["class_names"])
     image = dataset.load_image(dataset.ids.index(example["image_id"]))
     if example["flipped"]:
         image = flip_image(image)

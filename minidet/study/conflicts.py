@@ -154,10 +154,10 @@ def run_conflict_study(data_dir, split="trainval", scales=(224, 320, 480, 600), 
     from minidet.data.dataset import DatasetSubset
     from minidet.data.loader import BatchLoader
     from minidet.data.proposals import load_proposals
-    from minidet.data.voc import VOCDataset
+    from minidet.data.open import open_dataset
 
     ops, layers = _as_tuple(roi_op, ROI_OPS, "roi_op"), _as_tuple(roi_layer, ROI_LAYERS, "roi_layer")
-    dataset = VOCDataset(data_dir, split, class_names)
+    dataset = open_dataset(data_dir, split, class_names)
     count = min(int(images), len(dataset))
     chosen = np.sort(np.random.default_rng(seed).choice(len(dataset), count, replace=False))
     subset = DatasetSubset(dataset, chosen)
@@ -214,7 +214,7 @@ def main(argv=None):
     from minidet.data.proposals import MODES
 
     parser = argparse.ArgumentParser(prog="minidet study conflicts", description=main.__doc__.split(":", 1)[1].strip())
-    parser.add_argument("--data-dir", required=True, help="a VOC-layout folder (ImageSets/, Annotations/, JPEGImages/)")
+    parser.add_argument("--data-dir", required=True, help="a VOC- or COCO-layout folder (minidet.data.open)")
     parser.add_argument("--split", default="trainval", help="ImageSets/Main/SPLIT.txt (default: trainval)")
     parser.add_argument("--classes", type=parse_classes, default=None,
                         help="comma-separated class names when there is no classes.txt")
