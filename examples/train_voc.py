@@ -194,7 +194,8 @@ def main(argv=None):
         start = time.perf_counter()
         result = evaluate_checkpoint(summary["final"], split="test", device=config.device, out=config.out,
                                      proposals_dir=config.proposals_dir, class_names=config.class_names,
-                                     workers=config.proposal_workers, **evaluation_source(config.to_dict()))
+                                     workers=config.proposal_workers, proposals_file=config.test_proposals_file,
+                                     proposals_layout=config.proposals_layout, **evaluation_source(config.to_dict()))
         metrics.update(map=result["map"], ap=result["ap"], test_images=result["images"],
                        eval_seconds=round(time.perf_counter() - start, 1),
                        detect_seconds=round(result["detect_seconds"], 1))

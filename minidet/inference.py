@@ -119,14 +119,18 @@ def score_detections(dataset, detections, split, out=None, use_07_metric=True, l
 
 def evaluate_checkpoint(checkpoint, data_dir=None, split="test", device="cpu", out=None, proposals_dir=None,
                         scale=None, class_names=None, use_07_metric=True, progress=True, workers=2, log=print,
-                        max_size=None, coco_json=None, images=None):
+                        max_size=None, coco_json=None, images=None, nms=None, max_per_image=None,
+                        proposals_file=None, proposals_layout=None):
     """Load a saved model, detect over a split, score the detections (score_detections); write into `out`.
 
     The data: data_dir (a VOC- or COCO-layout folder and its split) or coco_json and images
     (minidet.data.open), their classes matched to the model's by name. scale: the test scale, or a
     sequence of them for multi-scale testing (default: the model's); max_size: the cap on the longer
-    side (default: the model's). Returns score_detections' summary with scale, max_size,
-    detect_seconds, checkpoint, and (not written) dataset and detections (boxes, labels, scores lists).
+    side; nms, max_per_image: the per-class NMS threshold and the cap of detections per image (each
+    default: the model's, recorded from its run). proposals_file: the split's proposals from another
+    tool (minidet.data.external_proposals) instead of the model's selective search. Returns
+    score_detections' summary with scale, max_size, nms, max_per_image, detect_seconds, checkpoint,
+    and (not written) dataset and detections (boxes, labels, scores lists).
     """
     from minidet.data.open import data_home, open_dataset
     from minidet.data.proposals import load_proposals, proposals_cache_dir
@@ -138,18 +142,28 @@ def evaluate_checkpoint(checkpoint, data_dir=None, split="test", device="cpu", o
     if list(dataset.class_names) != list(info["class_names"]):
         raise ValueError(f"the data set's classes {list(dataset.class_names)} are not the model's "
                          f"{info['class_names']}")
-    run_dir = out or os.path.dirname(os.path.abspath(checkpoint))
-    cache = proposals_cache_dir(data_home(data_dir, coco_json), run_dir, proposals_dir)
-    mode = info["proposal_mode"]
-    log(f"proposals for {len(dataset)} images of {split} ({mode} selective search, cached in {cache})")
-    proposals = load_proposals(dataset, cache, workers=workers, mode=mode, progress=progress)
+    if proposals_file:
+        from minidet.data.external_proposals import load_external_proposals
+
+        log(f"proposals for {len(dataset)} images of {split} from {proposals_file}")
+        proposals = load_external_proposals(proposals_file, dataset, proposals_layout)
+    else:
+        run_dir = out or os.path.dirname(os.path.abspath(checkpoint))
+        cache = proposals_cache_dir(data_home(data_dir, coco_json), run_dir, proposals_dir)
+        mode = info["proposal_mode"]
+        log(f"proposals for {len(dataset)} images of {split} ({mode} selective search, cached in {cache})")
+        proposals = load_proposals(dataset, cache, workers=workers, mode=mode, progress=progress)
     scale = scale or info["scale"]
     scale = int(scale) if np.ndim(scale) == 0 else [int(s) for s in scale]
     max_size = int(max_size or info["max_size"])
+    nms = float(info["nms"] if nms is None else nms)
+    max_per_image = int(info["max_per_image"] if max_per_image is None else max_per_image)
     started = time.perf_counter()
-    detections = detect_dataset(model, dataset, proposals, info["convention"], scale, max_size, device, progress)
+    detections = detect_dataset(model, dataset, proposals, info["convention"], scale, max_size, device, progress,
+                                nms_thresh=nms, max_per_image=max_per_image)
     summary = score_detections(dataset, detections, split, out, use_07_metric, log, scale=scale, max_size=max_size,
-                               detect_seconds=time.perf_counter() - started, checkpoint=os.path.abspath(checkpoint))
+                               nms=nms, max_per_image=max_per_image, detect_seconds=time.perf_counter() - started,
+                               checkpoint=os.path.abspath(checkpoint))
     return dict(summary, dataset=dataset, detections=detections)
 
 
@@ -220,7 +234,17 @@ def main(argv=None, prog="minidet eval", description="Evaluate a trained model w
     parser.add_argument("--out", default=None, help="folder for eval_<split>.json, pr_<split>.png and "
                         "detections_<split>.json/.csv (default: the checkpoint's or the detections file's folder)")
     add_scale_arguments(parser)
+    parser.add_argument("--nms", type=float, default=None,
+                        help="per-class NMS IoU threshold (default: the model's, 0.3 as the paper unless its run "
+                             "set --test-nms; crowded scenes of touching objects may want more)")
+    parser.add_argument("--max-per-image", type=int, default=None,
+                        help="detections kept per image (default: the model's, 100 as the paper)")
     parser.add_argument("--proposals-dir", default=None, help="proposal cache folder")
+    parser.add_argument("--proposals", default=None, metavar="FILE",
+                        help="the split's proposals from another tool (.npz/.pkl/.mat, one (P, 4) array per "
+                             "image id) instead of the model's selective search")
+    parser.add_argument("--proposals-layout", default=None, choices=("xyxy0", "xyxy1", "ss_original"),
+                        help="how FILE writes its boxes (default: xyxy0, ss_original for .mat)")
     parser.add_argument("--area-ap", action="store_true", help="VOC2010+ area AP instead of VOC07 11-point")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -238,8 +262,10 @@ def main(argv=None, prog="minidet eval", description="Evaluate a trained model w
                         + (", not both" if given else ""))
         if not os.path.isfile(given):
             return fail(f"{given}: no such file")
-        if args.detections and (scale is not None or args.max_size is not None):
-            return fail("--scale, --test-scales and --max-size set how a model is run; --detections has no model")
+        model_options = (scale, args.max_size, args.nms, args.max_per_image, args.proposals)
+        if args.detections and any(option is not None for option in model_options):
+            return fail("--scale, --test-scales, --max-size, --nms, --max-per-image and --proposals set how a model "
+                        "is run; --detections has no model")
         if args.device == "gpu" and args.checkpoint:
             from minidet.backend import require_cupy
 
@@ -262,7 +288,9 @@ def main(argv=None, prog="minidet eval", description="Evaluate a trained model w
             summary = evaluate_checkpoint(args.checkpoint, split=split, device=args.device, out=out,
                                           proposals_dir=args.proposals_dir, scale=scale, class_names=args.classes,
                                           use_07_metric=not args.area_ap, progress=not args.no_progress,
-                                          max_size=args.max_size, **source)
+                                          max_size=args.max_size, nms=args.nms, max_per_image=args.max_per_image,
+                                          proposals_file=args.proposals, proposals_layout=args.proposals_layout,
+                                          **source)
     except (RuntimeError, OSError, ValueError) as err:
         return fail(err)
     how = (f"detections of {args.detections}" if args.detections else

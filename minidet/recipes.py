@@ -68,6 +68,8 @@ def recipe(preset, summary, images_per_batch=None, world_size=1):
         from minidet.data.synthetic import PROPOSAL_MODE
 
         settings["proposal_mode"] = (PROPOSAL_MODE, "the synthetic set's proposals")
+    else:
+        settings["proposal_mode"] = ("auto", "chosen by recall on 24 training images")
     return settings
 
 

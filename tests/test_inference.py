@@ -1,4 +1,6 @@
 """A model over a data set: ground truth as written, detection at one or several scales, the table, the commands."""
+import json
+
 import numpy as np
 import pytest
 
@@ -128,3 +130,40 @@ def test_eval_takes_the_training_folder_recorded_in_the_model(tiny_voc, tmp_path
     assert f"data: {dataset.root} (recorded in the checkpoint)" in capsys.readouterr().out
     assert main(["--checkpoint", str(tmp_path / "missing.npz")]) == 2
     assert "missing.npz: no such file" in capsys.readouterr().err
+
+
+def test_eval_takes_the_models_nms_and_cap_or_the_options_and_a_proposals_file(tiny_voc, tmp_path):
+    """The recorded test_nms / test_max_per_image by default, --nms / --max-per-image when given, and
+    --proposals FILE in place of selective search: each equal to detect_dataset run directly."""
+    from minidet.data.external_proposals import save_npz_proposals
+    from minidet.detect import load_model
+    from minidet.inference import detect_dataset, evaluate_checkpoint, main
+    from tests.test_train import run
+
+    dataset, proposals = tiny_voc
+    run(dataset, proposals, tmp_path, iters=2, test_nms=0.45, test_max_per_image=7)
+    final, boxes_file = str(tmp_path / "final.npz"), str(tmp_path / "boxes.npz")
+    save_npz_proposals(boxes_file, dataset, proposals)
+    model, info = load_model(final)
+    assert (info["nms"], info["max_per_image"]) == (0.45, 7)
+
+    def direct(nms, cap):
+        return detect_dataset(model, dataset, proposals, info["convention"], info["scale"], info["max_size"],
+                              progress=False, nms_thresh=nms, max_per_image=cap)
+
+    for given, expected in [({}, (0.45, 7)), ({"nms": 0.3, "max_per_image": 2}, (0.3, 2))]:
+        summary = evaluate_checkpoint(final, dataset.root, "trainval", proposals_file=boxes_file, progress=False,
+                                      log=lambda *a: None, **given)
+        assert (summary["nms"], summary["max_per_image"]) == expected
+        for got, want in zip(summary["detections"], direct(*expected)):
+            for a, b in zip(got, want):
+                np.testing.assert_array_equal(a, b)
+    assert max(len(s) for s in summary["detections"][2]) <= 2
+    out = tmp_path / "eval"
+    assert main(["--checkpoint", final, "--split", "trainval", "--no-progress", "--proposals", boxes_file,
+                 "--nms", "0.3", "--max-per-image", "2", "--out", str(out)]) == 0
+    with open(out / "eval_trainval.json") as f:
+        written = json.load(f)
+    assert (written["nms"], written["max_per_image"]) == (0.3, 2) and written["map"] == summary["map"]
+    assert main(["--detections", str(out / "detections_trainval.json"), "--data-dir", str(dataset.root),
+                 "--split", "trainval", "--nms", "0.5"]) == 2

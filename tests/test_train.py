@@ -260,3 +260,38 @@ def test_a_read_only_data_folder_still_trains_with_caches_beside_the_run(tiny, t
     assert cache == str(tmp_path / "runs" / "proposals_cache" / os.path.basename(dataset.root))
     run(dataset, proposals, tmp_path / "runs" / "x", iters=1)
     assert os.path.exists(tmp_path / "runs" / "x" / "final.npz")
+
+
+def test_a_proposals_file_trains_as_the_same_proposals_given_in_memory(tiny, tmp_path):
+    from minidet.data.external_proposals import save_npz_proposals
+
+    dataset, proposals = tiny
+    save_npz_proposals(tmp_path / "boxes.npz", dataset, proposals)
+    run(dataset, proposals, tmp_path / "memory", iters=3)
+    train(config(dataset, tmp_path / "file", iters=3, proposals_file=str(tmp_path / "boxes.npz")),
+          log=lambda *a: None)
+    a, meta_a = load_npz(tmp_path / "memory" / "final.npz")
+    b, meta_b = load_npz(tmp_path / "file" / "final.npz")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    # "auto" had nothing to measure: the model records the mode detection falls back to
+    assert meta_b["config"]["proposal_mode"] == "fast"
+
+
+def test_proposal_mode_auto_is_resolved_by_measuring_and_recorded(tiny, tmp_path):
+    """The run measures recall of the candidate modes on a sample of the training split and records
+    the mode best_mode chooses from that same measurement, in config.json and in the saved model."""
+    from minidet.data.recall import choose_mode
+
+    dataset, _ = tiny
+    lines = []
+    out = tmp_path / "run"
+    train(config(dataset, out, iters=1, proposal_mode="auto", proposals_dir=str(tmp_path / "cache")),
+          log=lines.append)
+    with open(out / "config.json") as f:
+        recorded = json.load(f)["proposal_mode"]
+    expected, _ = choose_mode(dataset, str(tmp_path / "cache"), progress=False)
+    assert recorded == expected and recorded in ("fast", "fine")
+    assert load_npz(out / "final.npz")[1]["config"]["proposal_mode"] == expected
+    assert any(line.startswith("proposal mode auto") for line in lines)
+    assert any(f"chosen: {expected}" in line for line in lines)
