@@ -30,6 +30,8 @@ def parse_args(argv):
     parser.add_argument("--iters", type=int, default=None, help="iterations of every run (default: the recipe's)")
     parser.add_argument("--scales", default=None, help="training scale (default: the recipe's)")
     parser.add_argument("--conflict-images", type=int, default=40, help="images for the conflict rates (default 40)")
+    parser.add_argument("--proposal-mode", default=None,
+                        help="selective-search mode of every run (default: the recipe's; \"auto\" is measured once)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="study folder")
     return parser.parse_args(argv)
@@ -68,11 +70,17 @@ def main(argv=None):
     values = {k: v for k, (v, _) in settings.items()}
     if args.scales:
         values["scales"] = parse_scales(args.scales)
+    values["proposal_mode"] = args.proposal_mode or values["proposal_mode"]
     os.makedirs(args.out, exist_ok=True)
     base = TrainConfig(data_dir=args.data_dir, class_names=classes, seed=args.seed, progress=False,
                        proposals_dir=proposals_cache_dir(args.data_dir, os.path.join(args.out, "run")),
                        **{k: v for k, v in values.items() if k != "out"})
-    print(f"study on {args.data_dir}: {base.iters} iterations, scale {base.scales[0]}, seed {base.seed}")
+    if base.proposal_mode == "auto":    # the conflict count and the four runs share one mode: measured once
+        from minidet.data.recall import choose_mode
+
+        base = dataclasses.replace(base, proposal_mode=choose_mode(dataset, base.proposals_dir, progress=False)[0])
+    print(f"study on {args.data_dir}: {base.iters} iterations, scale {base.scales[0]}, seed {base.seed}, "
+          f"{base.proposal_mode} proposals")
     conflicts = run_conflict_study(args.data_dir, "trainval", scales=tuple(base.scales), images=args.conflict_images,
                                    seed=args.seed, class_names=classes, proposals_dir=base.proposals_dir,
                                    proposal_mode=base.proposal_mode, progress=False)

@@ -4,7 +4,7 @@ from minidet.data.open import data_home, open_dataset
 from minidet.data.proposals import proposals_cache_dir
 from minidet.distributed import load_proposals_sharded
 
-FALLBACK_MODE = "fast"   # recorded for a model trained on a proposals file, where "auto" had nothing to measure
+FALLBACK_MODE = "fast"   # recorded for a model trained on given proposals, where "auto" had nothing to measure
 
 
 def load_training_data(config, dataset, proposals, comm, log):
@@ -21,8 +21,6 @@ def load_training_data(config, dataset, proposals, comm, log):
         proposals = load_external_proposals(config.proposals_file, dataset, config.proposals_layout)
         log(f"proposals for {len(dataset)} images of {config.split} from {config.proposals_file} "
             f"({sum(map(len, proposals)) / max(1, len(proposals)):.0f} boxes per image)")
-        if mode == "auto":      # what detection computes where no proposals file is given at test time
-            mode = FALLBACK_MODE
     elif proposals is None:
         cache = proposals_cache_dir(data_home(config.data_dir, config.coco_json), config.out, config.proposals_dir)
         if mode == "auto":
@@ -30,6 +28,8 @@ def load_training_data(config, dataset, proposals, comm, log):
         log(f"proposals for {len(dataset)} images of {config.split} ({mode} selective search, cached in {cache})")
         proposals = load_proposals_sharded(comm, dataset, cache, workers=config.proposal_workers,
                                            mode=mode, progress=config.progress)
+    if mode == "auto":          # proposals given or from a file: nothing measured, and detection without
+        mode = FALLBACK_MODE    # a proposals file computes these
     return dataset, proposals, mode
 
 
