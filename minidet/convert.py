@@ -132,10 +132,12 @@ def coco_to_voc_folder(json_path, images_dir, out_dir, split=None, link=False, p
         for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
             os.makedirs(os.path.join(tmp, sub))
         for i in tqdm(range(len(dataset)), desc="coco2voc", unit="image", disable=not progress, file=sys.stderr):
-            a = dataset.annotation(i)
+            a = dataset.annotation(i, as_written=True)      # every object, one a pixel wide included
             names = [dataset.class_names[int(k) - 1] for k in a["labels"]]
-            # whole pixels, as VOC stores them; a box under a pixel wide must not turn inside out
-            boxes = np.round(a["boxes"].astype(np.float64))
+            height, width = dataset.image_size(i)
+            # inside the image and in whole pixels, as VOC stores them; a box under a pixel wide must
+            # not turn inside out
+            boxes = np.round(np.clip(a["boxes"].astype(np.float64), 0, [width - 1, height - 1] * 2))
             boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2])
             annotation, image = voc_paths(tmp, ids[i])
             write_voc_xml(annotation, f"{ids[i]}.jpg", dataset.image_size(i), boxes, names, a["difficult"])

@@ -49,10 +49,10 @@ def quiet(main, argv):
     return code, out.getvalue() + err.getvalue()
 
 
-def converted(root, folder):
-    """FOLDER/SPLIT.json of the tiny VOC folder's two splits, by `minidet convert voc2coco`."""
+def converted(root, folder, splits=("trainval", "test")):
+    """FOLDER/SPLIT.json of a VOC folder's splits, by `minidet convert voc2coco`."""
     os.makedirs(folder, exist_ok=True)
-    for split in ("trainval", "test"):
+    for split in splits:
         argv = ["voc2coco", root, "--split", split, "--out", os.path.join(folder, f"{split}.json")]
         assert quiet(convert, argv)[0] == 0
     return folder
@@ -102,6 +102,27 @@ def test_a_converted_voc_folder_reads_the_same_through_the_coco_path(tmp_path):
             difficult += sum(ds.annotation(i)["difficult"].sum() for i in range(len(ds)))
     assert open_dataset(str(layout), "test").images_dir == str(layout / "images")
     assert difficult > 0                                  # the flag is carried, not merely absent
+
+
+def test_a_one_pixel_box_is_left_out_of_training_on_both_paths_and_counted_in_evaluation(tmp_path):
+    """VOC's xmin == xmax (a point or a line) is COCO's w == 1: both readers leave it out of training,
+    with a warning naming the file, and keep it as written for evaluation."""
+    from tests.test_data_voc import write_folder
+
+    root = write_folder(tmp_path / "voc", {"a": (40, 60, [("cat", 1, 2, 30, 20, 0), ("dog", 5, 6, 5, 6, 0)]),
+                                           "b": (50, 30, [("dog", 3, 4, 20, 4, 0)])})
+    with pytest.warns(UserWarning, match="no extent"):
+        voc = VOCDataset(root, "trainval")
+    coco = converted(root, str(tmp_path / "files"), splits=("trainval",))
+    with pytest.warns(UserWarning, match=r"trainval.json.*pixel wide or high"):
+        ds = open_dataset(coco_json=os.path.join(coco, "trainval.json"), images=os.path.join(root, "JPEGImages"))
+    for i, trained in enumerate((1, 0)):
+        for as_written in (False, True):
+            a, b = voc.annotation(i, as_written), ds.annotation(i, as_written)
+            for key in ("boxes", "labels", "difficult"):
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{key} of image {i}")
+        assert len(ds.annotation(i)["boxes"]) == trained and len(ds.annotation(i, as_written=True)["boxes"]) in (1, 2)
+        assert len(ds[i]["labels"]) == trained
 
 
 def test_open_dataset_names_the_path_when_no_layout_fits(tmp_path):

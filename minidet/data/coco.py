@@ -25,6 +25,7 @@ names, unknown image or category ids, boxes with no size or outside their image.
 import json
 import math
 import os
+import warnings
 
 import numpy as np
 
@@ -158,7 +159,8 @@ def parse_coco(data, path, class_names=None):
     data: the file's JSON; path: its name, for messages. Returns dict(images: list of dict(id,
     file_name, height, width), class_names, category_ids, objects: per image dict(boxes (G, 4)
     float32 minidet boxes clipped to the image, labels (G,) int64, difficult (G,) bool, crowd (G,)
-    bool, written (G, 4): the boxes as the file gives them, unclipped), ground_truth: the annotations as pycocotools reads them (bbox as written, area, iscrowd)).
+    bool, written (G, 4): the boxes as the file gives them, unclipped, trained (G,) bool: the ones
+    training uses), ground_truth: the annotations as pycocotools reads them (bbox as written, area, iscrowd)).
     """
     labels_by_cat, names, cat_ids, cat_names = _categories(data, path, class_names)
     images = _images(data, path)
@@ -193,14 +195,20 @@ def parse_coco(data, path, class_names=None):
         (x1, y1, x2, y2), = coco_to_box([[x, y, w, h]])
         box = (min(max(x1, 0), width - 1), min(max(y1, 0), height - 1),
                min(max(x2, 0), width - 1), min(max(y2, 0), height - 1))
-        rows[index[image_id]].append((box, labels_by_cat[cat_id], bool(crowd or flagged), bool(crowd), (x1, y1, x2, y2)))
+        trained = x2 > x1 and y2 > y1          # the training rule of VOCDataset: a point or a line is left out
+        if not trained:
+            warnings.warn(f"{where}: bbox {bbox} ({cat_names[cat_id]}) is a pixel wide or high (no extent, a "
+                          f"point or a line); left out of training (evaluation counts it as written)", stacklevel=3)
+        rows[index[image_id]].append((box, labels_by_cat[cat_id], bool(crowd or flagged), bool(crowd),
+                                      (x1, y1, x2, y2), trained))
         ground_truth.append(dict(id=ann_id, image_id=image_id, category_id=cat_id, bbox=[x, y, w, h],
                                  area=float(area), iscrowd=crowd))
     objects = [dict(boxes=np.array([r[0] for r in per], np.float32).reshape(-1, 4),
                     labels=np.array([r[1] for r in per], np.int64),
                     difficult=np.array([r[2] for r in per], bool),
                     crowd=np.array([r[3] for r in per], bool),
-                    written=np.array([r[4] for r in per], np.float32).reshape(-1, 4)) for per in rows]
+                    written=np.array([r[4] for r in per], np.float32).reshape(-1, 4),
+                    trained=np.array([r[5] for r in per], bool)) for per in rows]
     categories = [dict(id=c, name=cat_names[c]) for c in sorted(cat_names)]
     return dict(images=images, class_names=names, category_ids=cat_ids, objects=objects,
                 ground_truth=dict(images=images, categories=categories, annotations=ground_truth))
@@ -242,11 +250,13 @@ class COCODataset(ImageDataset):
         return self.sizes[i]
 
     def annotation(self, i, as_written=False):
-        """ds[i] without the image: dict(id, boxes, labels, difficult, crowd), copies. as_written=True:
-        the boxes as the file gives them (unclipped), as evaluation counts them."""
+        """ds[i] without the image: dict(id, boxes, labels, difficult, crowd), copies: the objects training
+        uses (boxes clipped, those a pixel wide or high left out, as VOCDataset does). as_written=True:
+        every object, its box as the file gives it (unclipped), as evaluation counts them."""
         a = self.annotations[i]
-        return dict(id=self.ids[i], boxes=(a["written"] if as_written else a["boxes"]).copy(), labels=a["labels"].copy(),
-                    difficult=a["difficult"].copy(), crowd=a["crowd"].copy())
+        keep = slice(None) if as_written else a["trained"]
+        return dict(id=self.ids[i], boxes=(a["written"] if as_written else a["boxes"])[keep].copy(),
+                    labels=a["labels"][keep].copy(), difficult=a["difficult"][keep].copy(), crowd=a["crowd"][keep].copy())
 
     def coco_ground_truth(self):
         """The file's images, categories and annotations as pycocotools reads them (bbox as written,
