@@ -132,7 +132,7 @@ class TorchFastRCNN:
     def train_step(self, images, rois, labels, bbox_targets, bbox_weights):
         for t in self.params.values():
             t.grad = None
-        cls_score, bbox_pred = self.train().forward(images, rois)
+        cls_score, bbox_pred = self.forward(images, rois, train=True)
         loss = (self.F.cross_entropy(cls_score, labels)
                 + (bbox_weights * self.F.smooth_l1_loss(bbox_pred, bbox_targets, reduction="none", beta=1.0)).sum()
                 / len(rois))
@@ -141,7 +141,7 @@ class TorchFastRCNN:
 
     def test_forward(self, images, rois):
         with self.torch.no_grad():
-            return self.eval().forward(images, rois)
+            return self.forward(images, rois, train=False)
 
 
 def accuracy_report(model, test_rois, train_rois, targets, size):  # noqa: C901
