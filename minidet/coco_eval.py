@@ -29,8 +29,8 @@ def _require_pycocotools():
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     except ImportError:
-        raise ImportError("COCO evaluation needs pycocotools: pip install 'minidet[coco]' "
-                          "(or pip install pycocotools)") from None
+        raise ImportError("COCO evaluation needs pycocotools, a dependency of minidet that is missing "
+                          "here: pip install pycocotools") from None
     return COCO, COCOeval
 
 
