@@ -136,3 +136,25 @@ def test_linear_under_the_blas_limit_computes_the_same_products():
     np.testing.assert_allclose(y, x @ w.T + layer.params["bias"], rtol=1e-12)
     np.testing.assert_allclose(dx, dy @ w, rtol=1e-12)
     np.testing.assert_allclose(layer.grads["weight"], dy.T @ x, rtol=1e-12)
+
+
+@pytest.mark.parametrize("workers", [2, 3, 7])
+def test_batched_matmul_shared_out_between_threads_equals_one_product_at_a_time(monkeypatch, rng, workers):
+    """However the batch is cut between Python threads (here more of them than the machine may have),
+    each product is the same single-threaded GEMM, bit for bit; below the threshold, one thread."""
+    a = rng.standard_normal((36, 24, 40)).astype(np.float32)
+    b = rng.standard_normal((36, 80, 40)).astype(np.float32).transpose(0, 2, 1)     # a strided view, as dU's V^T
+    with threads.blas_threads(0):
+        expected = np.stack([a[k] @ b[k] for k in range(len(a))])
+    monkeypatch.setattr(threads, "_blas_thread_count", lambda: workers)
+    monkeypatch.setattr(threads, "_workers", None)                   # a pool of this many threads
+    calls = []
+    original = np.matmul
+    monkeypatch.setattr(threads.np, "matmul", lambda x, y, out: calls.append(len(x)) or original(x, y, out=out))
+    for threshold, runs in ((0, workers), (1e18, 1)):
+        monkeypatch.setattr(threads, "BLAS_PARALLEL_MIN_FLOPS", threshold)
+        calls.clear()
+        out = np.full((36, 24, 80), np.nan, np.float32)
+        assert threads.batched_matmul(a, b, out) is out
+        np.testing.assert_array_equal(out, expected)
+        assert len(calls) == runs and sum(calls) == 36

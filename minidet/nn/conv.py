@@ -6,7 +6,7 @@ from minidet.nn.layer import Layer
 from minidet.ops import im2col as im2col_ops
 from minidet.ops import winograd
 from minidet.ops.im2col import col2im, conv_output_size, im2col, pair
-from minidet.threads import blas_threads
+from minidet.threads import batched_matmul, blas_threads
 
 WORKSPACE_BYTES = 16 << 20   # a chunk's buffers: larger ones run no faster (docs/PERFORMANCE.md)
 MIN_CHUNK_COLUMNS = 256      # GEMM columns of a chunk at least, for BLAS to run at full speed
@@ -201,6 +201,14 @@ class Conv2d(Layer):
 
     # ---- Winograd: M = U V per tile position, the adjoints in reverse (see minidet.ops.winograd) ----
 
+    @staticmethod
+    def _products(xp, a, b, out):
+        """out[k] = a[k] @ b[k], the a*a GEMMs of one chunk (minidet.threads.batched_matmul on the CPU)."""
+        if xp is np:
+            batched_matmul(a, b, out)
+        else:
+            xp.matmul(a, b, out=out)
+
     def _winograd_chunks(self, xp, m, dtype):
         """(a*a, TW, rows per chunk, [(g0, g1)]) of tile rows, for the input of the last forward."""
         n, c, h, w = self.x_shape
@@ -217,8 +225,7 @@ class Conv2d(Layer):
         for g0, g1 in chunks:
             tiles_v, product = _first_columns(v, (g1 - g0) * tw), _first_columns(mm, (g1 - g0) * tw)
             winograd.input_transform(x, m, (g0, g1), out=tiles_v)
-            with blas_threads(2 * f * c * tiles_v.shape[-1], xp):          # flops of each GEMM
-                xp.matmul(u, tiles_v, out=product)
+            self._products(xp, u, tiles_v, product)                         # M[k] = U[k] V[k]
             winograd.output_transform(product, bias, m, y, (g0, g1))
 
     def _backward_winograd(self, dy):
@@ -236,17 +243,17 @@ class Conv2d(Layer):
             width = (g1 - g0) * tw
             tiles_v, tiles_z = _first_columns(v, width), _first_columns(z, width)
             winograd.output_transform_adjoint(dy, m, (g0, g1), out=tiles_z)
-            with blas_threads(2 * f * c * width, xp):
-                if not self.frozen:                              # dU += Z V^T, V recomputed
-                    winograd.input_transform(self.x, m, (g0, g1), out=tiles_v)
-                    if index == 0:
-                        xp.matmul(tiles_z, tiles_v.transpose(0, 2, 1), out=du)
-                    else:
+            if not self.frozen:                                  # dU += Z V^T, V recomputed
+                winograd.input_transform(self.x, m, (g0, g1), out=tiles_v)
+                if index == 0:
+                    self._products(xp, tiles_z, tiles_v.transpose(0, 2, 1), du)
+                else:
+                    with blas_threads(2 * f * c * width, xp):
                         for k in range(a2):
                             du[k] += xp.matmul(tiles_z[k], tiles_v[k].T, out=part)
-                if dx is not None:                               # dV = U^T Z, in V's place
-                    xp.matmul(u.transpose(0, 2, 1), tiles_z, out=tiles_v)
-                    winograd.input_transform_adjoint(tiles_v, m, dx, (g0, g1))
+            if dx is not None:                                   # dV = U^T Z, in V's place
+                self._products(xp, u.transpose(0, 2, 1), tiles_z, tiles_v)
+                winograd.input_transform_adjoint(tiles_v, m, dx, (g0, g1))
         dw = None if self.frozen else winograd.filter_transform_adjoint(du, m)
         return dw, dx
 
