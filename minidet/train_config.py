@@ -85,7 +85,14 @@ _ALIASES = {"class_names": ("--classes",)}
 _HELP = {"class_names": "a,b,c", "scales": "comma-separated", "model_kwargs": "JSON, e.g. '{\"dropout\": 0}'",
          "data_dir": "a VOC- or COCO-layout folder", "coco_json": "the training split's COCO file, instead of "
          "--data-dir", "images": "the folder of --coco-json's images", "test_coco_json": "the COCO file to "
-         "evaluate on after training", "test_images": "its image folder (default: --images)"}
+         "evaluate on after training", "test_images": "its image folder (None: --images)",
+         "proposal_mode": "a selective-search mode (fast, quality, single, compact, fine), or auto: the one "
+         "that finds the objects of 24 training images best (docs/PROPOSALS.md)",
+         "proposals_file": "the training split's proposals from another tool: .npz, .pkl or .mat, one (P, 4) "
+         "array per image id", "proposals_layout": "how that file writes boxes: xyxy0, xyxy1 or ss_original "
+         "(None: ss_original for .mat, else xyxy0)", "test_proposals_file": "the same for the test split "
+         "evaluated after training", "proposals_dir": "the proposal cache (None: DATA_DIR/proposals_cache, "
+         "or beside the run when the data folder is read-only)"}
 
 
 def add_config_arguments(parser, skip=()):
