@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import machine_info, time_call, write_json  # noqa: E402
+from benchmarks.common import import_torch, machine_info, time_call, write_json  # noqa: E402
 from minidet.losses import fast_rcnn_loss  # noqa: E402
 from minidet.models.fast_rcnn import FastRCNN  # noqa: E402
 from minidet.nn.dropout import Dropout  # noqa: E402
@@ -233,17 +233,8 @@ def main(argv=None):
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=args.threads)   # BLAS and OpenMP alike
-    torch = torchvision = None
-    if not args.no_torch:
-        try:
-            import torch
-            import torchvision.ops  # noqa: F401
-
-            torch.set_num_threads(args.threads)
-            torchvision = sys.modules["torchvision"]
-        except ImportError as err:
-            print(f"torch/torchvision unavailable ({err}): timing minidet alone")
-            torch = None
+    torch = None if args.no_torch else import_torch(args.threads)
+    torchvision = sys.modules["torchvision"] if torch is not None else None
 
     rng = np.random.default_rng(0)
     model = FastRCNN(num_classes=21, width=args.width, fc_dim=args.fc_dim, seed=0)

@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_model import TorchFastRCNN, random_rois, training_targets  # noqa: E402
-from benchmarks.common import machine_info, write_json  # noqa: E402
+from benchmarks.common import import_torch, machine_info, write_json  # noqa: E402
 from minidet import losses  # noqa: E402
 from minidet.models.fast_rcnn import FastRCNN  # noqa: E402
 
@@ -218,17 +218,8 @@ def main(argv=None):
 
     threadpool_limits(limits=args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
-    torch = torchvision = None
-    if not args.no_torch:
-        try:
-            import torch
-            import torchvision.ops  # noqa: F401
-
-            torch.set_num_threads(args.threads)
-            torchvision = sys.modules["torchvision"]
-        except ImportError as err:
-            print(f"torch/torchvision unavailable ({err}): profiling minidet alone")
-            torch = None
+    torch = None if args.no_torch else import_torch(args.threads, "profiling minidet alone")
+    torchvision = sys.modules["torchvision"] if torch is not None else None
 
     rng = np.random.default_rng(0)
     model = FastRCNN(num_classes=21, seed=0)

@@ -21,8 +21,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_roi_pool import MAP_SHAPE, NUM_ROIS, proposal_like_boxes  # noqa: E402
-from benchmarks.common import kernel_parser, machine_info, parse_kernel_arguments, time_call, write_json  # noqa: E402
+from benchmarks.bench_roi_pool import MAP_SHAPE, NUM_ROIS, map_and_rois  # noqa: E402
+from benchmarks.common import (import_torch, kernel_parser, machine_info, parse_kernel_arguments,  # noqa: E402
+                               time_call, write_json)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_roi_align.json")
 SETTINGS = dict(output_size=(7, 7), spatial_scale=1 / 16, sampling_ratio=2, aligned=True)
@@ -32,11 +33,7 @@ def workloads(rng, torch):
     """[(direction, shape, minidet's call, torch's call or None)]."""
     from minidet.ops.roi_align import roi_align, roi_align_backward
 
-    n, c, h, w = MAP_SHAPE
-    x = rng.standard_normal(MAP_SHAPE, dtype=np.float32)
-    boxes = proposal_like_boxes(rng, NUM_ROIS, h * 16, w * 16)
-    rois = np.concatenate([(np.arange(NUM_ROIS) % n)[:, None], boxes], axis=1).astype(np.float32)
-    dy = rng.standard_normal((NUM_ROIS, c, 7, 7), dtype=np.float32)
+    x, rois, dy = map_and_rois(rng)
 
     def forward_backward():
         roi_align(x, rois, **SETTINGS)
@@ -63,7 +60,7 @@ def workloads(rng, torch):
         np.testing.assert_array_equal(ours["forward"](), torch_forward().numpy())
         torch_forward_backward()
         np.testing.assert_array_equal(forward_backward(), tx.grad.numpy())
-    shape = f"x {MAP_SHAPE}, {NUM_ROIS} RoIs -> ({NUM_ROIS}, {c}, 7, 7)"
+    shape = f"x {MAP_SHAPE}, {NUM_ROIS} RoIs -> {dy.shape}"
     return [(direction, shape, ours[direction], theirs.get(direction)) for direction in ("forward", "forward+backward")]
 
 
@@ -99,16 +96,7 @@ def main(argv=None):
     from threadpoolctl import threadpool_limits
 
     limits = threadpool_limits(args.threads, user_api="openmp")  # noqa: F841 (should OpenMP have started)
-    torch = None
-    if not args.no_torch:
-        try:
-            import torch
-            import torchvision.ops  # noqa: F401
-
-            torch.set_num_threads(args.threads)
-        except ImportError:
-            torch = None
-            print("torch or torchvision is not installed: timing minidet only")
+    torch = None if args.no_torch else import_torch(args.threads)
 
     rng = np.random.default_rng(0)
     load_before = os.getloadavg()

@@ -23,7 +23,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import kernel_parser, machine_info, parse_kernel_arguments, time_call, write_json  # noqa: E402
+from benchmarks.common import (import_torch, kernel_parser, machine_info, parse_kernel_arguments,  # noqa: E402
+                               time_call, write_json)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_roi_pool.json")
 MAP_SHAPE = (2, 512, 38, 63)  # conv5_3 of two 600x1000 images
@@ -40,14 +41,19 @@ def proposal_like_boxes(rng, n, height, width):
     return np.stack([x1, y1, x1 + w - 1, y1 + h - 1], axis=1)
 
 
-def roi_pool_workloads(rng, torch):
-    from minidet.ops.roi_pool import roi_pool, roi_pool_backward
-
+def map_and_rois(rng):
+    """x MAP_SHAPE, NUM_ROIS proposal-like RoIs (R, 5) over its images, and a dy (R, C, 7, 7): float32."""
     n, c, h, w = MAP_SHAPE
     x = rng.standard_normal(MAP_SHAPE, dtype=np.float32)
     boxes = proposal_like_boxes(rng, NUM_ROIS, h * 16, w * 16)
     rois = np.concatenate([(np.arange(NUM_ROIS) % n)[:, None], boxes], axis=1).astype(np.float32)
-    dy = rng.standard_normal((NUM_ROIS, c, 7, 7), dtype=np.float32)
+    return x, rois, rng.standard_normal((NUM_ROIS, c, 7, 7), dtype=np.float32)
+
+
+def roi_pool_workloads(rng, torch):
+    from minidet.ops.roi_pool import roi_pool, roi_pool_backward
+
+    x, rois, dy = map_and_rois(rng)
 
     def forward_backward():
         y, argmax = roi_pool(x, rois)
@@ -75,7 +81,7 @@ def roi_pool_workloads(rng, torch):
         torch_forward_backward()
         np.testing.assert_allclose(roi_pool_backward(dy, argmax, x.shape, rois), tx.grad.numpy(),
                                    rtol=1e-5, atol=1e-4)
-    shape = f"x {MAP_SHAPE}, {NUM_ROIS} RoIs -> ({NUM_ROIS}, {c}, 7, 7)"
+    shape = f"x {MAP_SHAPE}, {NUM_ROIS} RoIs -> {dy.shape}"
     return [("roi_pool", direction, shape, ours[direction], theirs and theirs[direction])
             for direction in ("forward", "forward+backward")]
 
@@ -129,16 +135,7 @@ def main(argv=None):
         limits = threadpool_limits(args.threads, user_api="openmp")  # noqa: F841 (kept for the run)
     except ImportError:
         pass
-    torch = None
-    if not args.no_torch:
-        try:
-            import torch
-            import torchvision.ops  # noqa: F401
-
-            torch.set_num_threads(args.threads)
-        except ImportError:
-            torch = None
-            print("torch or torchvision is not installed: timing minidet only")
+    torch = None if args.no_torch else import_torch(args.threads)
 
     rng = np.random.default_rng(0)
     load_before = os.getloadavg()

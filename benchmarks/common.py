@@ -90,3 +90,16 @@ def parse_kernel_arguments(parser, argv):
     # prange's team size: OpenMP reads this when it starts, which is at the first import of a kernel
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     return args
+
+
+def import_torch(threads, doing="timing minidet alone"):
+    """torch with torchvision's ops, on `threads` threads, or None (and a line saying so) when either
+    is missing; torchvision is then sys.modules["torchvision"]."""
+    try:
+        import torch
+        import torchvision.ops  # noqa: F401
+    except ImportError as err:
+        print(f"torch/torchvision unavailable ({err}): {doing}")
+        return None
+    torch.set_num_threads(threads)
+    return torch

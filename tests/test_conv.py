@@ -242,14 +242,20 @@ def test_conv_in_chunks_of_rows_equals_one_chunk(case, min_columns):
     whole.params = conv.params
     conv.workspace = Workspace(1)
     dy = np.random.default_rng(0).standard_normal(conv.output_shape(x.shape))
+    assert_chunked_equals_whole(conv, whole, x, dy, min_columns)
+
+
+def assert_chunked_equals_whole(chunked, whole, x, dy, min_columns):
+    """The forward, dx and dW of a layer run in chunks of at least min_columns columns (its workspace
+    too small for more) equal those of the same layer run whole, to float64's rounding."""
     saved, conv_module.MIN_CHUNK_COLUMNS = conv_module.MIN_CHUNK_COLUMNS, min_columns
     try:
-        y, dx = conv.forward(x), conv.backward(dy)
+        y, dx = chunked.forward(x), chunked.backward(dy)
     finally:
         conv_module.MIN_CHUNK_COLUMNS = saved
     np.testing.assert_allclose(y, whole.forward(x), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dx, whole.backward(dy), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(conv.grads["weight"], whole.grads["weight"], rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(chunked.grads["weight"], whole.grads["weight"], rtol=1e-11, atol=1e-11)
 
 
 def test_convolutions_share_one_workspace_sized_for_the_largest_chunk(rng):

@@ -198,11 +198,9 @@ def test_roi_align_points_follow_torchvisions_grid_rules():
 
 
 def test_roi_align_reads_each_rois_own_image():
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((1, 4, 6, 7))
-    x = np.concatenate([x, x + 100])
-    box = [5, 3, 90, 70]
-    rois = np.array([[0] + box, [1] + box, [0] + box], np.float64)
+    from tests.test_roi_pool import one_box_on_two_images
+
+    x, rois, rng = one_box_on_two_images()
     y = roi_align(x, rois, (3, 3))
     np.testing.assert_allclose(y[1], y[0] + 100, rtol=1e-12)
     dy = rng.standard_normal(y.shape)

@@ -155,12 +155,17 @@ def test_roi_pool_of_a_single_cell_repeats_it_in_every_bin():
     assert dx.sum() == 2 * 3 * 49
 
 
-def test_roi_pool_reads_each_rois_own_image():
+def one_box_on_two_images():
+    """x (2, 4, 6, 7) whose second image is the first + 100, one box on images 0, 1, 0, and the
+    generator that drew x, for the test's further draws."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 4, 6, 7))
-    x = np.concatenate([x, x + 100])
     box = [5, 3, 90, 70]
-    rois = np.array([[0] + box, [1] + box, [0] + box], np.float64)
+    return np.concatenate([x, x + 100]), np.array([[0] + box, [1] + box, [0] + box], np.float64), rng
+
+
+def test_roi_pool_reads_each_rois_own_image():
+    x, rois, rng = one_box_on_two_images()
     y, argmax = roi_pool(x, rois, (3, 3))
     np.testing.assert_array_equal(y[1], y[0] + 100)
     np.testing.assert_array_equal(argmax[1], argmax[0])

@@ -9,7 +9,7 @@ from minidet.gradcheck import check_layer
 import minidet.nn.conv as conv_module
 from minidet.nn.conv import Conv2d, Workspace
 from minidet.ops import winograd
-from tests.test_conv import conv_by_loops
+from tests.test_conv import assert_chunked_equals_whole, conv_by_loops
 
 TILES = winograd.TILE_SIZES
 
@@ -134,14 +134,7 @@ def test_winograd_layer_in_chunks_equals_one_chunk(case, rows_budget):
     # a workspace of a few tile rows splits the layer inside images and across them
     m, x, weight, bias, dy = case
     whole, chunked = (winograd_layer(m, weight, bias, Workspace(size)) for size in (1 << 30, 1))
-    saved, conv_module.MIN_CHUNK_COLUMNS = conv_module.MIN_CHUNK_COLUMNS, rows_budget
-    try:
-        y, dx = chunked.forward(x), chunked.backward(dy)
-    finally:
-        conv_module.MIN_CHUNK_COLUMNS = saved
-    np.testing.assert_allclose(y, whole.forward(x), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dx, whole.backward(dy), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(chunked.grads["weight"], whole.grads["weight"], rtol=1e-11, atol=1e-11)
+    assert_chunked_equals_whole(chunked, whole, x, dy, rows_budget)
 
 
 @pytest.mark.parametrize("m, tol", [(2, 1e-5), (4, 1e-5)])

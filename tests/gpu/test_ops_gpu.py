@@ -133,6 +133,16 @@ def test_subnormal_col2im_gpu_sums_as_the_cpu_sums_flushed_inputs(cp, dtype):
 
 # ---- RoI pooling -------------------------------------------------------------------------------
 
+def with_random_rois(rng, hand, dtype, num_random=60):
+    """(R, 5) RoIs [n, x1, y1, x2, y2]: the hand-picked ones, then num_random random ones over the two
+    images of a 576x640 image's map at stride 16 (corners from just outside it, sides up to 400)."""
+    x1 = rng.uniform(-30, 600, num_random)
+    y1 = rng.uniform(-30, 540, num_random)
+    random = np.stack([rng.integers(0, 2, num_random), x1, y1, x1 + rng.uniform(0, 400, num_random),
+                       y1 + rng.uniform(0, 400, num_random)], axis=1)
+    return np.concatenate([np.asarray(hand, np.float64), random]).astype(dtype)
+
+
 def roi_pool_inputs(rng, dtype, num_random=60):
     """A (2, 4, 36, 40) map at stride 16 (a 576x640 image) and RoIs that reach every rule."""
     x = rng.integers(-20, 21, (2, 4, 36, 40)).astype(dtype)          # ties on purpose
@@ -146,11 +156,7 @@ def roi_pool_inputs(rng, dtype, num_random=60):
         [1, 0, 0, 160, 448],        # 29 rows in 7 bins: the last bin ends at row 29 in float32, 30 in float64
         [0, 600, 0, 639, 575],      # a strip at the right edge, bins clipped to W
     ]
-    x1 = rng.uniform(-30, 600, num_random)
-    y1 = rng.uniform(-30, 540, num_random)
-    random = np.stack([rng.integers(0, 2, num_random), x1, y1, x1 + rng.uniform(0, 400, num_random),
-                       y1 + rng.uniform(0, 400, num_random)], axis=1)
-    return x, np.concatenate([np.asarray(hand, np.float64), random]).astype(dtype)
+    return x, with_random_rois(rng, hand, dtype, num_random)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from minidet.backend import asnumpy
-from tests.gpu.test_ops_gpu import assert_identical, assert_matches
+from tests.gpu.test_ops_gpu import assert_identical, assert_matches, with_random_rois
 from tests.reference import require_torch, require_torchvision
 
 pytestmark = pytest.mark.gpu
@@ -36,11 +36,7 @@ def roi_align_inputs(rng, dtype, num_random=60):
         [0, 8, 8, 648, 584],        # points up to W and H themselves
         [1, 24, 40, 56, 72],        # corners on half cells
     ]
-    x1 = rng.uniform(-30, 600, num_random)
-    y1 = rng.uniform(-30, 540, num_random)
-    random = np.stack([rng.integers(0, 2, num_random), x1, y1, x1 + rng.uniform(0, 400, num_random),
-                       y1 + rng.uniform(0, 400, num_random)], axis=1)
-    return x, np.concatenate([np.asarray(hand, np.float64), random]).astype(dtype)
+    return x, with_random_rois(rng, hand, dtype, num_random)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
