@@ -106,8 +106,13 @@ def choose_settings(args, log=print, comm=None):
     settings["out"] = ((os.path.join("runs", os.path.basename(os.path.abspath(data_dir))), "the data folder's name")
                        if data_dir is not None else
                        (os.path.join("runs", os.path.splitext(os.path.basename(coco_json))[0]), "the COCO file's name"))
-    settings.update({k: (v, "--config") for k, v in base.items()})
-    settings.update({k: (v, "option") for k, v in given.items()})
+    for source, values in (("--config", base), ("option", given)):
+        for key, value in values.items():
+            if key == "model_kwargs" and key in settings:   # merged into the preset's: '{"roi_op":
+                preset_value, preset_source = settings[key]  # "align"}' keeps the small preset's width
+                settings[key] = ({**preset_value, **value}, f"{preset_source} + {source}")
+            else:
+                settings[key] = (value, source)
     if data_dir is not None and "data_dir" not in chosen:
         settings["data_dir"] = (data_dir, "found")
     return dataset, settings, synthetic

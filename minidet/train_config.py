@@ -26,6 +26,7 @@ class TrainConfig:
     device: str = "cpu"                      # "cpu" or "gpu"
     iters: int = 40000
     lr: float = 0.001
+    new_layer_lr_mult: float = 1.0           # the rate of the layers that --weights does not hold, x lr
     momentum: float = 0.9
     weight_decay: float = 0.0005
     step_size: int = 30000                   # lr x gamma every step_size iterations (0: never)
@@ -82,7 +83,7 @@ class TrainConfig:
 
 _PARSERS = {"scales": parse_scales, "class_names": parse_classes, "model_kwargs": json.loads}
 _ALIASES = {"class_names": ("--classes",)}
-_HELP = {"class_names": "a,b,c", "scales": "comma-separated", "model_kwargs": "JSON, e.g. '{\"dropout\": 0}'",
+_HELP = {"class_names": "a,b,c", "scales": "comma-separated", "model_kwargs": "JSON, merged into the preset's, e.g. '{\"roi_op\": \"align\"}'",
          "data_dir": "a VOC- or COCO-layout folder", "coco_json": "the training split's COCO file, instead of "
          "--data-dir", "images": "the folder of --coco-json's images", "test_coco_json": "the COCO file to "
          "evaluate on after training", "test_images": "its image folder (None: --images)",
@@ -91,7 +92,8 @@ _HELP = {"class_names": "a,b,c", "scales": "comma-separated", "model_kwargs": "J
          "proposals_file": "the training split's proposals from another tool: .npz, .pkl or .mat, one (P, 4) "
          "array per image id", "proposals_layout": "how that file writes boxes: xyxy0, xyxy1 or ss_original "
          "(None: ss_original for .mat, else xyxy0)", "test_proposals_file": "the same for the test split "
-         "evaluated after training", "proposals_dir": "the proposal cache (None: DATA_DIR/proposals_cache, "
+         "evaluated after training", "new_layer_lr_mult": "multiplies the rate of the trained layers that --weights does not hold (a "
+         "conv-only VGG16's fc6, fc7 and heads)", "proposals_dir": "the proposal cache (None: DATA_DIR/proposals_cache, "
          "or beside the run when the data folder is read-only)"}
 
 
