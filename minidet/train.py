@@ -35,7 +35,7 @@ from minidet.data.training_set import load_training_data
 from minidet.device_batch import DeviceBatches
 from minidet.distributed import make_communicator, scale_schedule
 from minidet.losses import fast_rcnn_loss
-from minidet.optim import SGD
+from minidet.optim import SGD, default_multipliers
 from minidet.runlog import LOG_NAME, truncate_log
 from minidet.seeds import reseed_dropouts
 from minidet.train_config import TrainConfig, add_config_arguments, given_settings
@@ -82,12 +82,16 @@ def prepare_model(config, class_names, ckpt_path, comm, log):
     resuming = config.resume and os.path.exists(ckpt_path)
     if config.resume and not resuming:
         log(f"no checkpoint in {config.out}: starting from iteration 0")
-    if config.weights and not resuming:
+    new_layers = []                     # trained parameters that the weights file does not hold
+    if config.weights:                  # (on resume the checkpoint overwrites what is loaded here)
         convention, loaded = load_initial_weights(model, config.weights)
-        log(f"loaded {len(loaded)} arrays from {config.weights}")
+        new_layers = [name for name in model.trainable_params() if name not in loaded]
+        if not resuming:
+            log(f"loaded {len(loaded)} arrays from {config.weights}")
     if config.device == "gpu":
         model.to("gpu")
-    optimizer = SGD(model.trainable_params(), lr=config.lr, momentum=config.momentum,
+    lr_mult = {name: default_multipliers(name)[0] * config.new_layer_lr_mult for name in new_layers}
+    optimizer = SGD(model.trainable_params(), lr=config.lr, momentum=config.momentum, lr_mult=lr_mult,
                     weight_decay=config.weight_decay, step_size=config.step_size or None,
                     gamma=config.gamma, warmup_iters=config.warmup_iters, warmup_factor=config.warmup_factor)
     if resuming:

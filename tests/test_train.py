@@ -207,6 +207,26 @@ def test_initial_weights_load_what_matches_by_name_and_shape(tiny, tmp_path):
         np.testing.assert_array_equal(after[name], expected, err_msg=name)
 
 
+def test_layers_the_weights_do_not_hold_learn_at_new_layer_lr_mult_times_the_rate(tiny, tmp_path):
+    from minidet.checkpoint import build_model
+    from minidet.convention import TORCHVISION
+    from minidet.weights import save_weights
+
+    dataset, proposals = tiny
+    donor = build_model("small", len(dataset.class_names) + 1, seed=1, **TINY_MODEL).state_dict()
+    weights = str(tmp_path / "convs.npz")       # the convolutions alone, as an ImageNet VGG16's
+    save_weights(weights, {k: v for k, v in donor.items() if k.startswith("conv")}, TORCHVISION)
+    steps = {}                                  # the first update, v = lr_eff (g + decay w), of each run
+    for mult in (1.0, 10.0):
+        run(dataset, proposals, tmp_path / f"x{mult:g}", iters=1, weights=weights, new_layer_lr_mult=mult)
+        state, _ = load_npz(tmp_path / f"x{mult:g}" / "checkpoint.npz")
+        steps[mult] = {k: state["optim/velocity." + k] for k in ("conv3_1.weight", "fc6.weight", "fc7.bias")}
+    np.testing.assert_array_equal(steps[10.0]["conv3_1.weight"], steps[1.0]["conv3_1.weight"])
+    for name in ("fc6.weight", "fc7.bias"):
+        assert np.abs(steps[1.0][name]).max() > 0
+        np.testing.assert_allclose(steps[10.0][name], 10 * steps[1.0][name], rtol=1e-5, err_msg=name)
+
+
 def test_final_model_serves_as_initial_weights_of_another_run(tiny, tmp_path):
     dataset, proposals = tiny
     run(dataset, proposals, tmp_path / "first", iters=3)
