@@ -96,3 +96,25 @@ def test_demo_image_blob_is_the_originals_bit_for_bit(shared_data, name):
     chw, im_scale = prepare_image(image, CAFFE, 600, 1000)
     assert im_scale == scale and chw.shape == (3, 600, original.shape[1])
     np.testing.assert_array_equal(chw.transpose(1, 2, 0), original)
+
+
+@pytest.mark.slow
+def test_bccd_proposals_of_the_default_mode_find_every_class_on_the_test_split(shared_data, tmp_path):
+    # What train_voc.py does by default on BCCD: proposal_mode "auto" measures the candidate modes on
+    # 24 training images and takes the best; its boxes must then find >= 95% of each class's test boxes
+    # at IoU 0.5 within the 2000 per image that training and detection use.
+    import warnings
+
+    from minidet.data.proposals import proposals_cache_dir
+    from minidet.data.recall import choose_mode, measure_modes
+
+    root = os.path.join(shared_data, "BCCD")
+    cache = proposals_cache_dir(root, str(tmp_path))      # the data folder's cache, as a run's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                   # the two point boxes, tested above
+        mode, _ = choose_mode(VOCDataset(root, "trainval", BCCD_CLASSES), cache, progress=False)
+        test = VOCDataset(root, "test", BCCD_CLASSES)
+    recall = measure_modes(test, [mode], cache, thresholds=(0.5,), budgets=(2000,), progress=False,
+                           max_boxes=2000)[mode]["recall"]["0.5"]
+    found = {name: recall[name]["2000"] for name in BCCD_CLASSES}
+    assert mode == "fine" and min(found.values()) >= 0.95, found
