@@ -19,21 +19,12 @@ from minidet.data.open import open_dataset
 from minidet.data.voc import VOCDataset
 from minidet.inference import main as evaluate
 from tests.conftest import make_tiny_voc
+from tests.examples import import_example
 from tests.test_train import TINY_MODEL
 
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 TRAINING = ["--preset", "small", "--iters", "30", "--scales", "64", "--max-size", "200", "--rois-per-image", "16",
             "--model-kwargs", json.dumps(TINY_MODEL), "--progress", "false", "--proposal-workers", "0",
             "--proposal-mode", "single", "--checkpoint-every", "30"]
-
-
-def train_voc():
-    sys.path.insert(0, EXAMPLES)
-    try:
-        import train_voc
-    finally:
-        sys.path.remove(EXAMPLES)
-    return train_voc
 
 
 def read(path):
@@ -68,7 +59,7 @@ def runs(tmp_path_factory):
     coco = converted(root, str(tmp / "coco"))
     images = os.path.join(root, "JPEGImages")
     voc_run, coco_run = str(tmp / "runs" / "voc"), str(tmp / "runs" / "coco")
-    main = train_voc().main
+    main = import_example("train_voc").main
     code, text = quiet(main, ["--data-dir", root, "--out", voc_run] + TRAINING)
     assert code == 0, text
     code, text = quiet(main, ["--coco-json", os.path.join(coco, "trainval.json"), "--images", images,
@@ -289,7 +280,7 @@ def test_eval_names_missing_and_contradictory_options(runs, tmp_path):
 
 
 def test_train_voc_names_missing_and_contradictory_data_options_before_training(runs, tmp_path):
-    main = train_voc().main
+    main = import_example("train_voc").main
     train_json = os.path.join(runs.coco, "trainval.json")
     out = str(tmp_path / "run")
     cases = [
@@ -307,7 +298,7 @@ def test_train_voc_names_missing_and_contradictory_data_options_before_training(
 
 
 def test_coco_files_given_as_options_replace_the_configs_data_and_name_the_run(runs, tmp_path):
-    module = train_voc()
+    module = import_example("train_voc")
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"data_dir": runs.root, "preset": "small", "lr": 0.5}))
     args = module.parse_args(["--config", str(config), "--coco-json", os.path.join(runs.coco, "trainval.json"),

@@ -1,22 +1,10 @@
 """Recipes: the preset's settings scaled to the data, and the order in which settings override."""
 import json
-import os
-import sys
 
 import pytest
 
 from minidet.recipes import data_summary, recipe, with_iterations
-
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
-
-
-def import_train_voc():
-    sys.path.insert(0, EXAMPLES)
-    try:
-        import train_voc
-    finally:
-        sys.path.remove(EXAMPLES)
-    return train_voc
+from tests.examples import import_example
 
 
 def values(settings):
@@ -50,7 +38,7 @@ def test_data_summary_reads_the_folder(tiny_voc):
 
 
 def test_options_override_the_config_file_which_overrides_the_recipe(tiny_voc, tmp_path, monkeypatch):
-    train_voc = import_train_voc()
+    train_voc = import_example("train_voc")
     dataset, _ = tiny_voc
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"lr": 0.5, "rois_per_image": 32, "preset": "small"}))
@@ -72,7 +60,7 @@ def test_an_epoch_counts_the_global_batch_of_every_rank():
 
 
 def test_model_options_are_merged_into_the_presets(tiny_voc, tmp_path):
-    train_voc = import_train_voc()
+    train_voc = import_example("train_voc")
     dataset, _ = tiny_voc
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"model_kwargs": {"fc_dim": 64}}))
