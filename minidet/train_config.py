@@ -83,18 +83,27 @@ class TrainConfig:
 
 _PARSERS = {"scales": parse_scales, "class_names": parse_classes, "model_kwargs": json.loads}
 _ALIASES = {"class_names": ("--classes",)}
-_HELP = {"class_names": "a,b,c", "scales": "comma-separated", "model_kwargs": "JSON, merged into the preset's, e.g. '{\"roi_op\": \"align\"}'",
-         "data_dir": "a VOC- or COCO-layout folder", "coco_json": "the training split's COCO file, instead of "
-         "--data-dir", "images": "the folder of --coco-json's images", "test_coco_json": "the COCO file to "
-         "evaluate on after training", "test_images": "its image folder (None: --images)",
-         "proposal_mode": "a selective-search mode (fast, quality, single, compact, fine), or auto: the one "
-         "that finds the objects of 24 training images best (docs/PROPOSALS.md)",
-         "proposals_file": "the training split's proposals from another tool: .npz, .pkl or .mat, one (P, 4) "
-         "array per image id", "proposals_layout": "how that file writes boxes: xyxy0, xyxy1 or ss_original "
-         "(None: ss_original for .mat, else xyxy0)", "test_proposals_file": "the same for the test split "
-         "evaluated after training", "new_layer_lr_mult": "multiplies the rate of the trained layers that --weights does not hold (a "
-         "conv-only VGG16's fc6, fc7 and heads)", "proposals_dir": "the proposal cache (None: DATA_DIR/proposals_cache, "
-         "or beside the run when the data folder is read-only)"}
+_HELP = {
+    "class_names": "a,b,c",
+    "scales": "comma-separated",
+    "model_kwargs": "JSON, merged into the preset's, e.g. '{\"roi_op\": \"align\"}'",
+    "data_dir": "a VOC- or COCO-layout folder",
+    "coco_json": "the training split's COCO file, instead of --data-dir",
+    "images": "the folder of --coco-json's images",
+    "test_coco_json": "the COCO file to evaluate on after training",
+    "test_images": "its image folder (None: --images)",
+    "new_layer_lr_mult": ("multiplies the rate of the trained layers that --weights does not hold "
+                          "(a conv-only VGG16's fc6, fc7 and heads)"),
+    "proposal_mode": ("a selective-search mode (fast, quality, single, compact, fine), or auto: the one "
+                      "that finds the objects of 24 training images best (docs/PROPOSALS.md)"),
+    "proposals_file": ("the training split's proposals from another tool: .npz, .pkl or .mat, one (P, 4) "
+                       "array per image id"),
+    "proposals_layout": ("how that file writes boxes: xyxy0, xyxy1 or ss_original "
+                         "(None: ss_original for .mat, else xyxy0)"),
+    "test_proposals_file": "the same for the test split evaluated after training",
+    "proposals_dir": ("the proposal cache (None: DATA_DIR/proposals_cache, or beside the run when the "
+                      "data folder is read-only)"),
+}
 
 
 def add_config_arguments(parser, skip=()):
@@ -106,7 +115,8 @@ def add_config_arguments(parser, skip=()):
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         kind = _PARSERS.get(f.name) or {bool: parse_bool, int: int, float: float}.get(type(default), str)
         flag = dict(nargs="?", const=True) if kind is parse_bool else {}      # "--resume" alone means true
-        parser.add_argument("--" + f.name.replace("_", "-"), *_ALIASES.get(f.name, ()), type=kind, dest=f.name, **flag, default=None, metavar=f.name.upper(),
+        parser.add_argument("--" + f.name.replace("_", "-"), *_ALIASES.get(f.name, ()), type=kind, dest=f.name,
+                            **flag, default=None, metavar=f.name.upper(),
                             help=f"{_HELP.get(f.name, '')} (default {default})".strip())
 
 
