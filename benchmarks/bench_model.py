@@ -15,7 +15,11 @@ float64 with im2col convolutions (the reference): the test forward's cls_score a
 the training step's loss and gradients, as max |a32 - a64| / max |a64|, on real VGG16 weights and a
 real image when ../shared/data holds them (random data otherwise). --profile adds minidet's time per layer (forward and
 backward) and torch's time per operator; --svd adds the truncated-SVD report of the test forward
-(fc6 rank 1024, fc7 rank 256: fc time before and after, change of the outputs).
+(fc6 rank 1024, fc7 rank 256: fc time before and after, change of the outputs). Every run also
+writes `arithmetic_floor`: each workload's GEMM flops (fully connected layers, and convolutions in
+the algorithm each ran) at the best float32 GEMM rate numpy or torch reach on this machine, as
+seconds and as a share of torch's whole workload: a floor under any implementation of the same
+arithmetic, with everything but the products free.
 """
 import argparse
 import os
@@ -210,6 +214,65 @@ def torch_profile(torch, fn, runs):
 
 # ---- main ------------------------------------------------------------------------------------
 
+def gemm_rate(torch=None, sizes=(2048, 4096), repeat=2):
+    """The machine's float32 matrix-product rate, flop/s: the best of numpy's and torch's
+    (n x n) @ (n x n) over the sizes n, each the fastest of `repeat` runs, on the threads in force
+    (generous on purpose: a higher rate makes a lower floor)."""
+    rates = []
+    for size in sizes:
+        a = np.random.default_rng(1).standard_normal((size, size)).astype(np.float32)
+        products = [lambda: a @ a]
+        if torch is not None:
+            ta = torch.from_numpy(a)
+            products.append(lambda: torch.mm(ta, ta))
+        rates += [2 * size ** 3 / time_call(fn, repeat=repeat)["min_s"] for fn in products]
+    return max(rates)
+
+
+def layer_flops(model, train):
+    """(flops of the fully connected layers, of the convolutions) of the model's last forward and,
+    train=True, of the backward after it: one pass forward, one for dW if the layer is trained, one
+    for dx if a layer below needs it (the convolutions below fc6 are trained, so fc6's dx counts).
+    A pass is 2 R in out flops for a Linear of weight (out, in) on R RoIs, and for a convolution the
+    products of the algorithm it ran: Winograd's a*a GEMMs, or im2col's 2 F 9C N H W."""
+    from minidet.nn.conv import Conv2d
+    from minidet.nn.linear import Linear
+    from minidet.ops.winograd import direct_flops, winograd_flops
+
+    flops = {"fc": 0, "conv": 0}
+    for _, layer in model.named_layers():
+        if isinstance(layer, Linear):
+            out, inp = layer.params["weight"].shape
+            kind, one = "fc", 2 * layer.x.shape[0] * out * inp
+        elif isinstance(layer, Conv2d):
+            (n, c, h, w), f = layer.x_shape, layer.out_channels
+            kind = "conv"
+            one = (direct_flops(n, c, f, h, w) if layer.used == "im2col"
+                   else winograd_flops(n, c, f, h, w, int(layer.used[-1])))
+        else:
+            continue
+        flops[kind] += one * (1 + (train and not layer.frozen) + (train and layer.needs_input_grad))
+    return flops
+
+
+def arithmetic_floor(model, works, rate, torch_seconds):
+    """A floor under minidet's time for each workload: its GEMMs' flops (layer_flops) at the
+    machine's best GEMM rate, the transforms, RoI pooling and all else free; as seconds and as a
+    share of torch's whole workload. When the floor's share is above a target, no implementation of
+    the same arithmetic on this machine reaches the target."""
+    floor = {"gemm_gflops": rate / 1e9}
+    for work, fn in works.items():
+        fn()
+        flops = layer_flops(model, train=work == "train_step")
+        seconds = {kind: value / rate for kind, value in flops.items()}
+        entry = floor[work] = {"gflop": {kind: value / 1e9 for kind, value in flops.items()},
+                               "seconds_at_gemm_rate": seconds}
+        if work in torch_seconds:
+            entry["share_of_torch"] = {kind: value / torch_seconds[work] for kind, value in seconds.items()}
+            entry["share_of_torch"]["all"] = sum(seconds.values()) / torch_seconds[work]
+    return floor
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -280,6 +343,10 @@ def main(argv=None):
             entry["median_of_round_ratios"] = statistics.median(
                 a / b for a, b in zip(entry["minidet"]["round_medians_s"], entry["torch"]["round_medians_s"]))
         results["targets"] = {"train_step": 0.6, "test_forward": 0.45}
+    print("the GEMMs' flops at the machine's GEMM rate ...", flush=True)
+    results["arithmetic_floor"] = arithmetic_floor(
+        model, {work: ours for work, (ours, _) in works.items()}, gemm_rate(torch),
+        {work: results[work]["torch"]["median_s"] for work in works if "torch" in results[work]})
     results["load_average_after"] = os.getloadavg()
 
     if args.profile:
@@ -323,6 +390,12 @@ def main(argv=None):
         if "minidet_layers" in entry:
             for name, seconds in list(entry["minidet_layers"]["per_layer_s"].items())[:12]:
                 print(f"    {name:<22} {seconds * 1000:8.1f} ms  {entry['minidet_layers']['share'][name]:5.1%}")
+    floor = results["arithmetic_floor"]
+    for work in ("train_step", "test_forward"):
+        gflop, share = floor[work]["gflop"], floor[work].get("share_of_torch")
+        print(f"floor of {work}: fc {gflop['fc']:.0f} + conv {gflop['conv']:.0f} GFLOP at "
+              f"{floor['gemm_gflops']:.0f} GFLOP/s = {sum(floor[work]['seconds_at_gemm_rate'].values()):.3f} s"
+              + (f" = {share['all']:.2f}x torch's (fc alone {share['fc']:.2f}x)" if share else ""))
     if "svd" in results:
         r = results["svd"]
         print(f"svd: fc part {r['fc_seconds_before'] * 1000:.1f} -> {r['fc_seconds_after'] * 1000:.1f} ms "

@@ -2,8 +2,9 @@
 
 The kernels split work over threads only above a size (PARALLEL_MIN_SIZE of minidet.ops.im2col and
 minidet.ops.winograd, the max-pool ones), which no other test reaches; here the thresholds are
-lowered to 0. The equality tests skip unless the kernels really run on more than one thread (built
-with OpenMP, on a machine that gives them two or more).
+lowered to 0. The OpenMP kernels' equality tests skip unless the kernels really run on more than
+one thread (built with OpenMP, on a machine that gives them two or more); the Winograd transforms
+and batched products, shared out between Python threads, run threaded on any machine.
 """
 import importlib
 
@@ -15,6 +16,7 @@ from minidet.nn.conv import Conv2d
 from minidet.nn.linear import Linear
 from minidet.nn.pool import MaxPool2d
 from minidet.ops import winograd
+from minidet._ext import winograd as _cpu_winograd
 from minidet.ops.roi_pool import roi_pool, roi_pool_backward
 
 im2col_ops = importlib.import_module("minidet.ops.im2col")
@@ -53,10 +55,13 @@ def test_threaded_conv_and_pool_kernels_equal_single_thread_kernels(request, dty
         np.testing.assert_array_equal(a, b)
 
 
-@needs_threads
+@pytest.mark.parametrize("parts", [2, 3, 7])
 @pytest.mark.parametrize("m", winograd.TILE_SIZES)
-def test_threaded_winograd_transforms_equal_single_thread_ones(request, m):
-    # every transform, on a range of tile rows that starts and ends inside images
+def test_winograd_transforms_shared_between_threads_equal_single_thread_ones(monkeypatch, request, m, parts):
+    """Every transform cut into `parts` shares on minidet.threads' Python threads (more of them than
+    the machine may have, and uneven shares) gives the one-thread result, bit for bit; on a range of
+    tile rows that starts and ends inside images."""
+    monkeypatch.setattr(threads, "_blas_thread_count", lambda: parts)
     rng = np.random.default_rng(m)
     x, dy = rng.standard_normal((3, 6, 19, 30)), rng.standard_normal((3, 5, 19, 30))
     w = rng.standard_normal((5, 6, 3, 3))
@@ -152,9 +157,34 @@ def test_batched_matmul_shared_out_between_threads_equals_one_product_at_a_time(
     original = np.matmul
     monkeypatch.setattr(threads.np, "matmul", lambda x, y, out: calls.append(len(x)) or original(x, y, out=out))
     for threshold, runs in ((0, workers), (1e18, 1)):
-        monkeypatch.setattr(threads, "BLAS_PARALLEL_MIN_FLOPS", threshold)
+        monkeypatch.setattr(threads, "BATCH_PARALLEL_MIN_FLOPS", threshold)
         calls.clear()
         out = np.full((36, 24, 80), np.nan, np.float32)
         assert threads.batched_matmul(a, b, out) is out
         np.testing.assert_array_equal(out, expected)
         assert len(calls) == runs and sum(calls) == 36
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_batched_matmul_accumulating_adds_each_single_threaded_product(monkeypatch, rng, workers):
+    """accumulate=True: out[k] += a[k] @ b[k], each product the same single-threaded GEMM as one at
+    a time, bit for bit, however the batch is cut between threads (the dU of a later Winograd chunk)."""
+    a = rng.standard_normal((36, 24, 40)).astype(np.float32)
+    b = rng.standard_normal((36, 80, 40)).astype(np.float32).transpose(0, 2, 1)
+    start = rng.standard_normal((36, 24, 80)).astype(np.float32)
+    with threads.blas_threads(0):
+        expected = np.stack([start[k] + a[k] @ b[k] for k in range(len(a))])
+    monkeypatch.setattr(threads, "_blas_thread_count", lambda: workers)
+    monkeypatch.setattr(threads, "_workers", None)
+    monkeypatch.setattr(threads, "BATCH_PARALLEL_MIN_FLOPS", 0)
+    out = start.copy()
+    assert threads.batched_matmul(a, b, out, accumulate=True) is out
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_a_share_outside_the_parts_is_refused():
+    x, out = np.zeros((1, 2, 8, 8), np.float32), np.zeros((36, 2, 2), np.float32)
+    bt = winograd.matrices(4, np.float32)[0]
+    for part, parts in ((2, 2), (-1, 2), (0, 0)):
+        with pytest.raises(ValueError, match="part must be in"):
+            _cpu_winograd.to_tiles(x, bt, 0, out, False, part, parts)

@@ -11,12 +11,13 @@ columns de-interleaved by phase (scratch[i, p, q] = xpad row i, column m * q + p
 innermost; that loop and the (de-)interleaving are in winograd_loops.h, compiled for the widest
 vector unit the CPU has.
 
-All kernels release the GIL and run on the calling thread unless parallel=True (minidet/ops/winograd.py
-decides by size, as for im2col). Parallel tasks write disjoint outputs: the forward transforms own
-their strip's outputs; the input transform's adjoint adds overlapping tiles into dx, so a task there
-is a whole channel (all its tile rows in order) and no two threads add into the same plane.
+All kernels release the GIL and run on the calling thread, over the share `part` of `parts` of their
+tasks (contiguous, in order): minidet/ops/winograd.py calls them from minidet.threads' Python
+threads, the same that run the layer's GEMMs, so a layer's work never waits on OpenMP threads that
+spin after a loop. Tasks write disjoint outputs: the forward transforms own their strip's outputs;
+the input transform's adjoint adds overlapping tiles into dx, so a task there is a whole channel
+(all its tile rows in order) and no two threads add into the same plane.
 """
-from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -201,18 +202,25 @@ cdef inline void check(tuple shape, tuple expected, str what) except *:
         raise ValueError(f"{what} must be {expected}, got {shape[:len(expected)]}")
 
 
+cdef inline Py_ssize_t share(Py_ssize_t tasks, Py_ssize_t part, Py_ssize_t parts) except -1:
+    """The first of the tasks [tasks * part // parts, tasks * (part + 1) // parts) of share `part`."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part must be in [0, parts), got part {part} of {parts}")
+    return tasks * part // parts
+
+
 def to_tiles(const real[:, :, :, ::1] x, const real[:, ::1] mat, Py_ssize_t g0, real[:, :, ::1] out,
-             bint output_adjoint=False, bint parallel=False):
+             bint output_adjoint=False, Py_ssize_t part=0, Py_ssize_t parts=1):
     """Tiles (a*a, K, G*TW) of the tile rows [g0, g0 + G) of x (N, K, H, W): V = B^T d B with
     mat = B^T (a, a), or, output_adjoint=True, Z = A dY A^T with mat = A (a, m)."""
     cdef Py_ssize_t a = mat.shape[0], K = x.shape[1], TW = (x.shape[3] + a - 3) // (a - 2)
     cdef Py_ssize_t G = out.shape[2] // TW, rows_per = block_rows(TW, G), NB = (G + rows_per - 1) // rows_per
-    cdef Py_ssize_t task, b
+    cdef Py_ssize_t task, b, first = share(K * NB, part, parts), last = K * NB * (part + 1) // parts
     cdef real* scratch = NULL
     check(tuple(out.shape), (a * a, K, G * TW), "Z" if output_adjoint else "V")
-    with nogil, parallel(use_threads_if=parallel):
+    with nogil:
         scratch = new_scratch(a, rows_per, TW, scratch)
-        for task in prange(K * NB, schedule="dynamic"):
+        for task in range(first, last):
             b = (task % NB) * rows_per
             if output_adjoint:
                 output_adjoint_block(x, mat, task // NB, g0 + b, min(rows_per, G - b), b * TW, out, scratch)
@@ -222,19 +230,20 @@ def to_tiles(const real[:, :, :, ::1] x, const real[:, ::1] mat, Py_ssize_t g0, 
 
 
 def from_tiles(const real[:, :, ::1] t, const real[:, ::1] mat, const real[::1] bias, Py_ssize_t g0,
-               real[:, :, :, ::1] image, bint input_adjoint=False, bint parallel=False):
+               real[:, :, :, ::1] image, bint input_adjoint=False, Py_ssize_t part=0, Py_ssize_t parts=1):
     """Write the tile rows [g0, g0 + G) of image (N, K, H, W) = A^T M A + bias of t = M (a*a, K, G*TW)
     with mat = A^T (m, a); or, input_adjoint=True, add B dV B^T of t = dV into them with mat = B (a, a)
     (bias unused). The adjoint's tiles overlap, so its task is a whole channel, its tile rows in order."""
     cdef Py_ssize_t a = mat.shape[1] if not input_adjoint else mat.shape[0], K = image.shape[1]
     cdef Py_ssize_t TW = (image.shape[3] + a - 3) // (a - 2)
     cdef Py_ssize_t G = t.shape[2] // TW, rows_per = block_rows(TW, G), NB = (G + rows_per - 1) // rows_per
-    cdef Py_ssize_t task, b
+    cdef Py_ssize_t tasks = K if input_adjoint else K * NB
+    cdef Py_ssize_t task, b, first = share(tasks, part, parts), last = tasks * (part + 1) // parts
     cdef real* scratch = NULL
     check(tuple(t.shape)[:3] + (bias.shape[0],), (a * a, K, G * TW, K), "dV" if input_adjoint else "M and bias")
-    with nogil, parallel(use_threads_if=parallel):
+    with nogil:
         scratch = new_scratch(a, rows_per, TW, scratch)
-        for task in prange(K if input_adjoint else K * NB, schedule="dynamic"):
+        for task in range(first, last):
             if input_adjoint:
                 b = 0
                 while b < G:
@@ -296,17 +305,18 @@ cdef void filter_adjoint_row(const real[:, :, ::1] du, const real[:, ::1] g_mat,
 
 
 def filter_transform(const real[:, :, ::1] src, const real[:, ::1] g_mat, real[:, :, ::1] dst,
-                     bint adjoint=False, bint parallel=False):
+                     bint adjoint=False, Py_ssize_t part=0, Py_ssize_t parts=1):
     """U (a*a, F, C) = G w[f, c] G^T of w (F, C, 9); adjoint=True: dw (F, C, 9) = G^T dU[:, f, c] G
-    of dU (a*a, F, C). g_mat = G (a, 3)."""
+    of dU (a*a, F, C). g_mat = G (a, 3). A task is one filter f."""
     cdef Py_ssize_t a = g_mat.shape[0], F = dst.shape[1 - adjoint], C = dst.shape[2 - adjoint], f
+    cdef Py_ssize_t first = share(F, part, parts), last = F * (part + 1) // parts
     cdef real* scratch = NULL
     cdef tuple filters = (F, C, 9), tiles = (a * a, F, C)
     check(tuple(src.shape), tiles if adjoint else filters, "the filters")
     check(tuple(dst.shape), filters if adjoint else tiles, "out")
-    with nogil, parallel(use_threads_if=parallel):
+    with nogil:
         scratch = <real*> malloc((9 + 3 * a) * C * sizeof(real))
-        for f in prange(F, schedule="dynamic"):
+        for f in range(first, last):
             if adjoint:
                 filter_adjoint_row(src, g_mat, f, dst, scratch)
             else:

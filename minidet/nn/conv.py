@@ -202,10 +202,13 @@ class Conv2d(Layer):
     # ---- Winograd: M = U V per tile position, the adjoints in reverse (see minidet.ops.winograd) ----
 
     @staticmethod
-    def _products(xp, a, b, out):
-        """out[k] = a[k] @ b[k], the a*a GEMMs of one chunk (minidet.threads.batched_matmul on the CPU)."""
+    def _products(xp, a, b, out, accumulate=False):
+        """out[k] = a[k] @ b[k] (accumulate: out[k] += ...), the a*a GEMMs of one chunk
+        (minidet.threads.batched_matmul on the CPU)."""
         if xp is np:
-            batched_matmul(a, b, out)
+            batched_matmul(a, b, out, accumulate)
+        elif accumulate:
+            out += xp.matmul(a, b)
         else:
             xp.matmul(a, b, out=out)
 
@@ -233,9 +236,9 @@ class Conv2d(Layer):
         m = int(self.used[-1])
         c, f = self.in_channels, self.out_channels
         a2, tw, step, chunks = self._winograd_chunks(xp, m, dy.dtype)
-        # U, V (then dV), Z, dU, and one tile position's share of a later chunk in dU
-        u, v, z, du, part = self.workspace.arrays(xp, dy.dtype, (a2, f, c), (a2, c, step * tw),
-                                                  (a2, f, step * tw), (a2, f, c), (f, c))
+        # U, V (then dV), Z, dU
+        u, v, z, du = self.workspace.arrays(xp, dy.dtype, (a2, f, c), (a2, c, step * tw), (a2, f, step * tw),
+                                            (a2, f, c))
         dx = xp.zeros(self.x_shape, dtype=dy.dtype) if self.needs_input_grad else None
         if dx is not None:                   # dV needs U again: recomputed (cheaper than keeping it)
             winograd.filter_transform(self.params["weight"].astype(dy.dtype, copy=False), m, out=u)
@@ -245,12 +248,7 @@ class Conv2d(Layer):
             winograd.output_transform_adjoint(dy, m, (g0, g1), out=tiles_z)
             if not self.frozen:                                  # dU += Z V^T, V recomputed
                 winograd.input_transform(self.x, m, (g0, g1), out=tiles_v)
-                if index == 0:
-                    self._products(xp, tiles_z, tiles_v.transpose(0, 2, 1), du)
-                else:
-                    with blas_threads(2 * f * c * width, xp):
-                        for k in range(a2):
-                            du[k] += xp.matmul(tiles_z[k], tiles_v[k].T, out=part)
+                self._products(xp, tiles_z, tiles_v.transpose(0, 2, 1), du, accumulate=index > 0)
             if dx is not None:                                   # dV = U^T Z, in V's place
                 self._products(xp, u.transpose(0, 2, 1), tiles_z, tiles_v)
                 winograd.input_transform_adjoint(tiles_v, m, dx, (g0, g1))

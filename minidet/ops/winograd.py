@@ -51,11 +51,13 @@ import numpy as np
 
 from minidet._ext import winograd as _cpu
 from minidet.backend import get_array_module
+from minidet.threads import parts_for, share_out
 
 TILE_SIZES = (2, 4)
-# Output elements from which the kernels split their work over OpenMP's threads, for the reason
-# of minidet.ops.im2col.PARALLEL_MIN_SIZE (docs/PERFORMANCE.md, "Threads").
-PARALLEL_MIN_SIZE = 1 << 25
+# Output elements from which a transform is shared out between minidet.threads' Python threads (the
+# ones of the layer's GEMMs): about 1.5 ms of one core; below, a second thread gains less than it
+# costs to wake (docs/PERFORMANCE.md, "Threads").
+PARALLEL_MIN_SIZE = 1 << 20
 
 _MATRICES = {  # m: (B^T, G, A^T), exact in float64 but for G's sixths and twenty-fourths
     2: ([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
@@ -123,8 +125,8 @@ def filter_transform(weight, m, out=None):
     if xp is not np:
         out[...] = filter_transform_reference(weight, m)
         return out
-    g = matrices(m, weight.dtype)[1]
-    _cpu.filter_transform(np.ascontiguousarray(weight).reshape(f, c, 9), g, out, False, out.size >= PARALLEL_MIN_SIZE)
+    g, w = matrices(m, weight.dtype)[1], np.ascontiguousarray(weight).reshape(f, c, 9)
+    _shared(lambda part, parts: _cpu.filter_transform(w, g, out, False, part, parts), out.size)
     return out
 
 
@@ -136,9 +138,8 @@ def filter_transform_adjoint(du, m, out=None):
     if xp is not np:
         out[...] = filter_transform_adjoint_reference(du, m)
         return out
-    g = matrices(m, du.dtype)[1]
-    _cpu.filter_transform(np.ascontiguousarray(du), g, out.reshape(du.shape[1], du.shape[2], 9), True,
-                          du.size >= PARALLEL_MIN_SIZE)
+    g, du, dw = matrices(m, du.dtype)[1], np.ascontiguousarray(du), out.reshape(du.shape[1], du.shape[2], 9)
+    _shared(lambda part, parts: _cpu.filter_transform(du, g, dw, True, part, parts), du.size)
     return out
 
 
@@ -177,7 +178,8 @@ def _image_to_tiles(x, m, rows, out, what, output_adjoint):
         return out
     bt, _, at = matrices(m, x.dtype)
     mat = np.ascontiguousarray(at.T) if output_adjoint else bt
-    _cpu.to_tiles(np.ascontiguousarray(x), mat, g0, out, output_adjoint, out.size >= PARALLEL_MIN_SIZE)
+    x = np.ascontiguousarray(x)
+    _shared(lambda part, parts: _cpu.to_tiles(x, mat, g0, out, output_adjoint, part, parts), out.size)
     return out
 
 
@@ -203,8 +205,14 @@ def _tiles_to_image(t, m, image, rows, what, image_what, bias):
     bt, _, at = matrices(m, t.dtype)
     mat = np.ascontiguousarray(bt.T) if input_adjoint else at
     bias = np.zeros(k, t.dtype) if input_adjoint else np.ascontiguousarray(bias, dtype=t.dtype)
-    _cpu.from_tiles(np.ascontiguousarray(t), mat, bias, g0, image, input_adjoint, t.size >= PARALLEL_MIN_SIZE)
+    t = np.ascontiguousarray(t)
+    _shared(lambda part, parts: _cpu.from_tiles(t, mat, bias, g0, image, input_adjoint, part, parts), t.size)
     return image
+
+
+def _shared(kernel, size):
+    """kernel(part, parts) over minidet.threads' Python threads if size reaches PARALLEL_MIN_SIZE."""
+    share_out(kernel, parts_for(size, PARALLEL_MIN_SIZE))
 
 
 # ---- plain array references (NumPy or CuPy) ---------------------------------------------------
