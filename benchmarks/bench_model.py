@@ -316,7 +316,7 @@ def main(argv=None):
                "train_step": {"images": [2, 3, th, tw], "rois": args.train_rois},
                "test_forward": {"images": [1, 3, sh, sw], "rois": args.test_rois}}
     works = {"train_step": (lambda: minidet_train_step(model, train_images, train_rois, targets), None),
-             "test_forward": (lambda: model.forward(test_images, test_rois), None)}
+             "test_forward": (lambda: model.eval().forward(test_images, test_rois), None)}
     if torch is not None:
         net = TorchFastRCNN(model, torch, torchvision)
         t_train = [torch.from_numpy(train_images), torch.from_numpy(train_rois), torch.from_numpy(targets[0]),
@@ -357,7 +357,7 @@ def main(argv=None):
         results["train_step"]["minidet_layers"] = timer.table(args.repeat)
         timer.seconds.clear()
         for _ in range(args.repeat):
-            model.forward(test_images, test_rois)
+            model.eval().forward(test_images, test_rois)
         results["test_forward"]["minidet_layers"] = timer.table(args.repeat)
         timer.remove()
         if torch is not None:
@@ -371,7 +371,7 @@ def main(argv=None):
         report = model.compress(fc6_rank=1024, fc7_rank=256, images=test_images, rois=test_rois,
                                 repeat=args.repeat)
         report["compress_s"] = time.perf_counter() - start   # factorisation and the timing runs
-        report["test_forward_after"] = time_call(lambda: model.forward(test_images, test_rois), repeat=args.repeat)
+        report["test_forward_after"] = time_call(lambda: model.eval().forward(test_images, test_rois), repeat=args.repeat)
         results["svd"] = report
 
     if args.accuracy:
