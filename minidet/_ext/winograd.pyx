@@ -5,7 +5,7 @@ U (a*a, F, C) are in minidet/ops/winograd.py, beside a plain NumPy reference of 
 The matrices come from there as arguments, so both tile sizes share one kernel.
 
 A call covers the tile rows g = n * TH + th in [g0, g0 + G). One task is one strip: a tile row of
-one channel (or filter). A strip is copied into a small per-thread scratch with its padding and its
+one channel (or filter). A strip is copied into a small scratch of the call's own with its padding and its
 columns de-interleaved by phase (scratch[i, p, q] = xpad row i, column m * q + p), so that every
 1-D pass of a transform is `dst[t] = sum_j coef[j] * src_j[t]` over contiguous rows, tiles
 innermost; that loop and the (de-)interleaving are in winograd_loops.h, compiled for the widest
