@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from minidet.gradcheck import check_layer
 from minidet.nn.pool import MaxPool2d
-from minidet.ops.maxpool import max_pool_forward, max_pool_reference, pooled_size
+from minidet.ops.maxpool import max_pool_backward, max_pool_forward, max_pool_reference, pooled_size
 from tests.reference import as_torch, assert_close, require_torch
 
 
@@ -141,6 +141,28 @@ def test_max_pool_matches_torch(dtype, kernel_size, stride, padding, ceil_mode, 
     assert_close(pool.forward(x), ty)
     np.testing.assert_array_equal(pool.argmax, tindex.numpy())
     assert_close(pool.backward(dy), tx.grad)
+
+
+@given(st.integers(1, 3), st.integers(2, 21), st.integers(2, 41), st.booleans(),
+       st.sampled_from([np.float32, np.float64]), st.integers(0, 2**16))
+def test_vgg16_2x2_windows_equal_the_reference_with_ties_nan_and_odd_sizes(c, h, w, ceil_mode, dtype, seed):
+    """2x2, stride 2, no padding runs its own vectorised row loops: the same maxima and argmax as the
+    plain reference, on values with many ties, NaNs and infinities, over odd and even sizes (in ceil
+    mode the last row or column of windows holds one input row or column; in floor mode the last
+    input row or column is in no window), and the backward that writes dx whole equals a scatter of
+    dy onto the argmax into zeros."""
+    rng = np.random.default_rng(seed)
+    values = np.array([-np.inf, -1.0, 0.0, 0.0, 1.0, 2.0, np.inf, np.nan], dtype)
+    x = rng.choice(values, size=(2, c, h, w))
+    y, argmax = max_pool_forward(x, 2, 2, 0, ceil_mode)
+    expected_y, expected_argmax = max_pool_reference(x, 2, 2, 0, ceil_mode)
+    np.testing.assert_array_equal(y, expected_y)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    expected_dx = np.zeros(x.shape, dtype)
+    planes = expected_dx.reshape(x.shape[0] * c, h * w)
+    np.add.at(planes, (np.arange(len(planes))[:, None], argmax.reshape(len(planes), -1)), dy.reshape(len(planes), -1))
+    np.testing.assert_array_equal(max_pool_backward(dy, argmax, x.shape, 2, 2, 0), expected_dx)
 
 
 def test_max_pool_nan_wins_its_window():

@@ -30,7 +30,8 @@ needs_threads = pytest.mark.skipif(threads.kernel_threads() < 2,
 def parallel_everywhere(monkeypatch):
     """Every kernel that can split its work does so, however small the call."""
     for module, name in ((im2col_ops, "PARALLEL_MIN_SIZE"), (winograd, "PARALLEL_MIN_SIZE"),
-                         (maxpool_ops, "FORWARD_PARALLEL_MIN_SIZE"), (maxpool_ops, "BACKWARD_PARALLEL_MIN_SIZE")):
+                         (maxpool_ops, "FORWARD_PARALLEL_MIN_SIZE"), (maxpool_ops, "BACKWARD_PARALLEL_MIN_SIZE"),
+                         (maxpool_ops, "FORWARD_2X2_PARALLEL_MIN_SIZE")):
         monkeypatch.setattr(module, name, 0)
 
 
@@ -188,3 +189,41 @@ def test_a_share_outside_the_parts_is_refused():
     for part, parts in ((2, 2), (-1, 2), (0, 0)):
         with pytest.raises(ValueError, match="part must be in"):
             _cpu_winograd.to_tiles(x, bt, 0, out, False, part, parts)
+
+
+@pytest.mark.parametrize("needs_input_grad", [False, True])
+def test_im2col_lanes_on_two_threads_equal_the_lanes_one_after_another(monkeypatch, rng, needs_input_grad):
+    """An im2col layer alternates its chunks between two lanes of buffers. Run on two Python threads
+    (threshold 0) or one after the other (threshold infinite), the lanes give the same y, dW and db,
+    bit for bit; with threshold 0 the forward (and a backward without dx) run on the worker threads."""
+    import threading
+
+    import minidet.nn.conv as conv_module
+
+    x = rng.standard_normal((2, 3, 23, 17)).astype(np.float32)
+    layer = Conv2d(3, 8, 3, padding=1, rng=0, algorithm="im2col", workspace=conv_module.Workspace(1))
+    layer.needs_input_grad = needs_input_grad
+    dy = rng.standard_normal(layer.output_shape(x.shape)).astype(np.float32)
+    monkeypatch.setattr(threads, "_blas_thread_count", lambda: 2)
+    callers = set()
+    original = conv_module.im2col
+    monkeypatch.setattr(conv_module, "im2col", lambda *a, **k: callers.add(threading.get_ident()) or original(*a, **k))
+
+    main = threading.get_ident()
+
+    def run(threshold):
+        monkeypatch.setattr(conv_module, "BATCH_PARALLEL_MIN_FLOPS", threshold)
+        callers.clear()
+        y = layer.forward(x)
+        forward_callers = set(callers)
+        callers.clear()
+        dx = layer.backward(dy)
+        return [y, layer.grads["weight"], layer.grads["bias"]] + ([] if dx is None else [dx]), forward_callers
+
+    single, callers_single = run(1e18)
+    assert callers_single == {main} == callers
+    threaded, callers_threaded = run(0)
+    for a, b in zip(threaded, single):
+        np.testing.assert_array_equal(a, b)
+    assert main not in callers_threaded
+    assert (callers == {main}) if needs_input_grad else (main not in callers)   # with dx: in order, here

@@ -1,7 +1,8 @@
 """Max pooling on the CPU: forward with argmax, backward by scattering to the argmax.
 
 The mathematics (windows, ties, NaN) is written in minidet/ops/maxpool.py; this file adds only
-its CPU layout. Both kernels run with the GIL released, on the calling thread alone unless the caller
+its CPU layout. VGG16's windows, 2x2 with stride 2 and no padding, take a vectorised row loop
+(maxpool_loops.h) with the same result; every other window the general loop below. Both kernels run with the GIL released, on the calling thread alone unless the caller
 passes parallel=True (minidet/ops/maxpool.py decides, by size, and says why). In
 parallel they share out the (image, channel) planes, one at a time (dynamic schedule:
 a thread that starts late on a busy machine finds its share taken over rather than
@@ -15,6 +16,46 @@ ctypedef fused real:
     float
     double
 
+
+cdef extern from "maxpool_loops.h":
+    void pool2x2_row_float(const float*, const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*,
+                           int*) noexcept nogil
+    void pool2x2_row_double(const double*, const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, double*,
+                            int*) noexcept nogil
+    void unpool2x2_row_float(const float*, const int*, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*,
+                             float*) noexcept nogil
+    void unpool2x2_row_double(const double*, const int*, Py_ssize_t, Py_ssize_t, Py_ssize_t, double*,
+                              double*) noexcept nogil
+
+
+cdef inline void pool2x2_plane(const real* x, Py_ssize_t H, Py_ssize_t W, real* y, int* argmax,
+                               Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """One (H, W) plane into its (OH, OW) outputs, 2x2 windows of stride 2, no padding."""
+    cdef Py_ssize_t oh
+    cdef const real* second
+    for oh in range(OH):
+        second = x + (2 * oh + 1) * W if 2 * oh + 1 < H else NULL
+        if real is float:
+            pool2x2_row_float(x + 2 * oh * W, second, W, OW, 2 * oh * W, y + oh * OW, argmax + oh * OW)
+        else:
+            pool2x2_row_double(x + 2 * oh * W, second, W, OW, 2 * oh * W, y + oh * OW, argmax + oh * OW)
+
+cdef inline void unpool2x2_plane(const real* dy, const int* argmax, Py_ssize_t OH, Py_ssize_t OW,
+                                 real* dx, Py_ssize_t H, Py_ssize_t W) noexcept nogil:
+    """dx of one (H, W) plane from its (OH, OW) dy and argmax, 2x2 windows of stride 2, no padding:
+    every element written (rows no window covers, in floor mode, are zero)."""
+    cdef Py_ssize_t oh
+    cdef real* second
+    for oh in range(OH):
+        second = dx + (2 * oh + 1) * W if 2 * oh + 1 < H else NULL
+        if real is float:
+            unpool2x2_row_float(dy + oh * OW, argmax + oh * OW, W, OW, 2 * oh * W, dx + 2 * oh * W, second)
+        else:
+            unpool2x2_row_double(dy + oh * OW, argmax + oh * OW, W, OW, 2 * oh * W, dx + 2 * oh * W, second)
+    if 2 * OH < H:
+        memset(dx + 2 * OH * W, 0, (H - 2 * OH) * W * sizeof(real))
+
+
 def max_pool_forward(const real[:, :, :, ::1] x, int kh, int kw, int sh, int sw, int ph, int pw,
                      real[:, :, :, ::1] y, int[:, :, :, ::1] argmax, bint parallel=False):
     """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow); argmax its flat index in the plane.
@@ -26,10 +67,14 @@ def max_pool_forward(const real[:, :, :, ::1] x, int kh, int kw, int sh, int sw,
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t plane, n, c, oh, ow, h, w, hs, he, ws, we, best_index
     cdef real best, v
+    cdef bint vgg = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
     with nogil:
         for plane in prange(N * C, schedule="dynamic", use_threads_if=parallel):
             n = plane // C
             c = plane % C
+            if vgg:
+                pool2x2_plane(&x[n, c, 0, 0], H, W, &y[n, c, 0, 0], &argmax[n, c, 0, 0], OH, OW)
+                continue
             for oh in range(OH):
                 hs = oh * sh - ph
                 he = min(hs + kh, H)
@@ -52,8 +97,9 @@ def max_pool_forward(const real[:, :, :, ::1] x, int kh, int kw, int sh, int sw,
 
 
 def max_pool_backward(const real[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax,
-                      real[:, :, :, ::1] dx, bint parallel=False):
-    """Overwrite dx (N, C, H, W) with dL/dx: each dy[n, c, oh, ow] lands on x[n, c].flat[argmax]."""
+                      real[:, :, :, ::1] dx, bint parallel=False, bint vgg=False):
+    """Overwrite dx (N, C, H, W) with dL/dx: each dy[n, c, oh, ow] lands on x[n, c].flat[argmax].
+    vgg=True: the windows were 2x2, stride 2, no padding (argmax inside each), which never overlap."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
     cdef Py_ssize_t plane, n, c, oh, ow
@@ -63,6 +109,9 @@ def max_pool_backward(const real[:, :, :, ::1] dy, const int[:, :, :, ::1] argma
             n = plane // C
             c = plane % C
             dst = &dx[n, c, 0, 0]
+            if vgg:
+                unpool2x2_plane(&dy[n, c, 0, 0], &argmax[n, c, 0, 0], OH, OW, dst, H, W)
+                continue
             memset(dst, 0, H * W * sizeof(real))
             for oh in range(OH):
                 for ow in range(OW):

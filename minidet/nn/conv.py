@@ -1,4 +1,6 @@
 """2-D convolution, by im2col + GEMM or by Winograd's minimal filtering, in chunks of a shared workspace."""
+import contextlib
+
 import numpy as np
 
 from minidet.backend import get_array_module
@@ -6,10 +8,14 @@ from minidet.nn.layer import Layer
 from minidet.ops import im2col as im2col_ops
 from minidet.ops import winograd
 from minidet.ops.im2col import col2im, conv_output_size, im2col, pair
-from minidet.threads import batched_matmul, blas_threads
+from minidet.threads import BATCH_PARALLEL_MIN_FLOPS, batched_matmul, blas_threads, parts_for, share_out
 
 WORKSPACE_BYTES = 16 << 20   # a chunk's buffers: larger ones run no faster (docs/PERFORMANCE.md)
 MIN_CHUNK_COLUMNS = 256      # GEMM columns of a chunk at least, for BLAS to run at full speed
+# im2col chunks alternate between this many sets of buffers on the CPU, each half the workspace, so
+# that two threads share a layer out chunk by chunk: VGG16's conv1_1 (C = 3) runs chunks of GEMMs
+# too small for BLAS to split well, and without lanes ran on one core.
+IM2COL_LANES = 2
 ALGORITHMS = ("auto", "im2col", "winograd2", "winograd4")
 # Below this many input channels a Winograd layer moves more transformed tiles than it saves
 # multiplications (VGG16's conv1_1, C = 3, is faster by im2col): docs/PERFORMANCE.md.
@@ -81,7 +87,9 @@ class Conv2d(Layer):
     (trained, in training mode); the backward recomputes im2col's columns (or the input tiles) from
     it, chunk by chunk, as Caffe's weight_cpu_gemm does. `frozen` skips dW and db (grads stays
     empty); `needs_input_grad = False` skips dx (backward returns None). All buffers come from
-    `workspace` (default: the one SHARED_WORKSPACE of every convolution).
+    `workspace` (default: the one SHARED_WORKSPACE of every convolution). On the CPU, im2col's chunks
+    alternate between two lanes of buffers that two threads can run side by side (IM2COL_LANES);
+    a Winograd layer shares each chunk's transforms and GEMMs out instead.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
@@ -161,43 +169,79 @@ class Conv2d(Layer):
         step = self.workspace.chunk_rows(total, row_bytes, row_columns, granule)
         return step, [(g0, min(g0 + step, total)) for g0 in range(0, total, step)]
 
+    def _lanes(self, xp):
+        """How many sets of chunk buffers an im2col layer alternates between: two on the CPU, so
+        that two threads can each run every other chunk; one on the GPU, whose whole-image chunks
+        would otherwise double the workspace."""
+        return IM2COL_LANES if xp is np else 1
+
+    def _lane_buffers(self, xp, dtype, lanes, *shapes):
+        """[the arrays of `shapes`] for each lane, out of the one workspace."""
+        flat = self.workspace.arrays(xp, dtype, *(shapes * lanes))
+        return [flat[i * len(shapes):(i + 1) * len(shapes)] for i in range(lanes)]
+
+    @staticmethod
+    def _run_lanes(xp, lane, lanes, flops):
+        """lane(index, threaded) for every lane: on minidet.threads' Python threads when the layer
+        is large enough work (flops; None: lanes that must run in order), else one after another
+        here. The chunks of a lane are fixed (every lanes-th), so the result is the same either way."""
+        parallel = xp is np and flops is not None
+        parts = min(lanes, parts_for(flops, BATCH_PARALLEL_MIN_FLOPS)) if parallel else 1
+        if parts == 1:
+            for index in range(lanes):
+                lane(index, False)
+            return
+        with blas_threads(0):                # each GEMM on its own thread's BLAS
+            share_out(lambda part, parts: [lane(i, True) for i in range(part, lanes, parts)], parts)
+
     def _forward_im2col(self, x, weight, bias, y):
         xp = get_array_module(x)
         n, f, oh, ow = y.shape
         w2 = weight.reshape(f, -1)
-        k, item = w2.shape[1], x.dtype.itemsize
-        step, chunks = self._chunks(n * oh, (k + f) * ow * item, ow, im2col_ops.row_granule(xp, oh))
-        cols, out = self.workspace.arrays(xp, x.dtype, (k, step * ow), (f, step * ow))
-        for g0, g1 in chunks:
-            chunk_cols, chunk_out = _first_columns(cols, (g1 - g0) * ow), _first_columns(out, (g1 - g0) * ow)
-            im2col(x, *self._geometry(), out=chunk_cols, rows=(g0, g1))
-            with blas_threads(2 * f * k * chunk_cols.shape[1], xp):
-                xp.matmul(w2, chunk_cols, out=chunk_out)
-            for img, r0, r1, c0 in _image_rows(g0, g1, oh):      # out is (F, rows x OW): y is per image
-                xp.add(chunk_out[:, c0 * ow:(c0 + r1 - r0) * ow].reshape(f, r1 - r0, ow), bias[:, None, None],
-                       out=y[img, :, r0:r1])
+        k, item, lanes = w2.shape[1], x.dtype.itemsize, self._lanes(xp)
+        step, chunks = self._chunks(n * oh, lanes * (k + f) * ow * item, ow, im2col_ops.row_granule(xp, oh))
+        buffers = self._lane_buffers(xp, x.dtype, lanes, (k, step * ow), (f, step * ow))
+
+        def lane(index, threaded):           # chunks index, index + lanes, ...: disjoint rows of y
+            cols, out = buffers[index]
+            for g0, g1 in chunks[index::lanes]:
+                chunk_cols, chunk_out = _first_columns(cols, (g1 - g0) * ow), _first_columns(out, (g1 - g0) * ow)
+                im2col(x, *self._geometry(), out=chunk_cols, rows=(g0, g1))
+                with _gemm_threads(threaded, 2 * f * k * chunk_cols.shape[1], xp):
+                    xp.matmul(w2, chunk_cols, out=chunk_out)
+                for img, r0, r1, c0 in _image_rows(g0, g1, oh):  # out is (F, rows x OW): y is per image
+                    xp.add(chunk_out[:, c0 * ow:(c0 + r1 - r0) * ow].reshape(f, r1 - r0, ow), bias[:, None, None],
+                           out=y[img, :, r0:r1])
+
+        self._run_lanes(xp, lane, lanes, 2 * f * k * n * oh * ow)
 
     def _backward_im2col(self, dy):
         xp = get_array_module(dy)
         n, f, oh, ow = dy.shape
         w2 = self.params["weight"].reshape(f, -1).astype(dy.dtype, copy=False)
-        k, item = w2.shape[1], dy.dtype.itemsize
-        step, chunks = self._chunks(n * oh, (k + f) * ow * item, ow, im2col_ops.row_granule(xp, oh))
-        cols, dy2, part = self.workspace.arrays(xp, dy.dtype, (k, step * ow), (f, step * ow), (f, k))
-        dw = None if self.frozen else xp.zeros((f, k), dtype=dy.dtype)
+        k, item, lanes = w2.shape[1], dy.dtype.itemsize, self._lanes(xp)
+        step, chunks = self._chunks(n * oh, lanes * (k + f) * ow * item, ow, im2col_ops.row_granule(xp, oh))
+        buffers = self._lane_buffers(xp, dy.dtype, lanes, (k, step * ow), (f, step * ow), (f, k))
+        dws = None if self.frozen else [xp.zeros((f, k), dtype=dy.dtype) for _ in range(lanes)]
         dx = xp.zeros(self.x_shape, dtype=dy.dtype) if self.needs_input_grad else None
-        for g0, g1 in chunks:
-            chunk_cols, chunk_dy = _first_columns(cols, (g1 - g0) * ow), _first_columns(dy2, (g1 - g0) * ow)
-            for img, r0, r1, c0 in _image_rows(g0, g1, oh):      # dY (F, rows x OW) of the chunk
-                chunk_dy[:, c0 * ow:(c0 + r1 - r0) * ow].reshape(f, r1 - r0, ow)[...] = dy[img, :, r0:r1]
-            with blas_threads(2 * f * k * chunk_cols.shape[1], xp):
-                if dw is not None:                               # dW2 += dY @ cols^T, cols recomputed
-                    im2col(self.x, *self._geometry(), out=chunk_cols, rows=(g0, g1))
-                    dw += xp.matmul(chunk_dy, chunk_cols.T, out=part)
-                if dx is not None:                               # dcols = W2^T @ dY, in cols' place
-                    xp.matmul(w2.T, chunk_dy, out=chunk_cols)
-                    col2im(chunk_cols, self.x_shape, *self._geometry(), out=dx, rows=(g0, g1))
-        return dw, dx
+
+        def lane(index, threaded):           # each lane sums its chunks' dW2 on its own
+            cols, dy2, part = buffers[index]
+            for g0, g1 in chunks[index::lanes]:
+                chunk_cols, chunk_dy = _first_columns(cols, (g1 - g0) * ow), _first_columns(dy2, (g1 - g0) * ow)
+                for img, r0, r1, c0 in _image_rows(g0, g1, oh):  # dY (F, rows x OW) of the chunk
+                    chunk_dy[:, c0 * ow:(c0 + r1 - r0) * ow].reshape(f, r1 - r0, ow)[...] = dy[img, :, r0:r1]
+                with _gemm_threads(threaded, 2 * f * k * chunk_cols.shape[1], xp):
+                    if dws is not None:                          # dW2 += dY @ cols^T, cols recomputed
+                        im2col(self.x, *self._geometry(), out=chunk_cols, rows=(g0, g1))
+                        dws[index] += xp.matmul(chunk_dy, chunk_cols.T, out=part)
+                    if dx is not None:                           # dcols = W2^T @ dY, in cols' place
+                        xp.matmul(w2.T, chunk_dy, out=chunk_cols)
+                        col2im(chunk_cols, self.x_shape, *self._geometry(), out=dx, rows=(g0, g1))
+
+        # Neighbouring chunks add into the same rows of dx: with dx, the lanes run one after the other.
+        self._run_lanes(xp, lane, lanes, None if dx is not None else 2 * f * k * n * oh * ow)
+        return (None if dws is None else sum(dws[1:], dws[0])), dx
 
     # ---- Winograd: M = U V per tile position, the adjoints in reverse (see minidet.ops.winograd) ----
 
@@ -254,6 +298,12 @@ class Conv2d(Layer):
                 winograd.input_transform_adjoint(tiles_v, m, dx, (g0, g1))
         dw = None if self.frozen else winograd.filter_transform_adjoint(du, m)
         return dw, dx
+
+
+def _gemm_threads(threaded, flops, xp):
+    """numpy's BLAS threads for one GEMM of a lane: already one each when lanes run on threads,
+    else as minidet.threads.blas_threads decides by size."""
+    return contextlib.nullcontext() if threaded else blas_threads(flops, xp)
 
 
 def _first_columns(buffer, width):
