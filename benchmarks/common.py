@@ -33,10 +33,25 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def vector_unit():
+    """The widest x86 vector unit the CPU reports ("AVX-512", "AVX2", ...): the machines these
+    benchmarks run on change between AVX2 and AVX-512, and the ratios with them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2")):
+        if flag in flags:
+            return name
+    return "unknown"
+
+
 def machine_info(threads=None):
     """What the numbers were measured on: CPU, cores, library versions, thread counts."""
     info = {
         "cpu": cpu_model(),
+        "vector_unit": vector_unit(),
         "cores": os.cpu_count(),
         "threads": threads,
         "python": platform.python_version(),
