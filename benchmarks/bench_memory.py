@@ -79,7 +79,7 @@ def run_minidet(args):
     images, rois, targets = inputs(args.size, args.rois, model.num_classes)
     before = resident_kib("VmRSS")
     for _ in range(args.steps):
-        cls_score, bbox_pred = model.forward(images, rois, train=True)
+        cls_score, bbox_pred = model.train().forward(images, rois)
         loss, dcls, dbbox = fast_rcnn_loss(cls_score, bbox_pred, *targets)
         model.backward(dcls, dbbox)
     params = sum(v.nbytes for v in model.params().values())

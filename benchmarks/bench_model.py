@@ -181,12 +181,12 @@ def accuracy_report(model, test_rois, train_rois, targets, size):  # noqa: C901
         def relative(a, b):
             return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
 
-        ours, theirs = model.forward(images, test_rois), exact.forward(images.astype(np.float64), test_rois)
+        ours, theirs = model.eval().forward(images, test_rois), exact.eval().forward(images.astype(np.float64), test_rois)
         report["test_forward"] = {"cls_score": relative(ours[0], theirs[0]), "bbox_pred": relative(ours[1], theirs[1])}
         batch = np.ascontiguousarray(np.concatenate([images, images[..., ::-1]]))   # the image and its mirror
         losses = []
         for net, x in ((model, batch), (exact, batch.astype(np.float64))):
-            cls, box = net.forward(x, train_rois, train=True)
+            cls, box = net.train().forward(x, train_rois)
             loss, dcls, dbox = fast_rcnn_loss(cls, box, *targets)
             net.backward(dcls, dbox)
             losses.append(loss)
