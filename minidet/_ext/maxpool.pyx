@@ -1,9 +1,10 @@
 """Max pooling on the CPU: forward with argmax, backward by scattering to the argmax.
 
 The mathematics (windows, ties, NaN) is written in minidet/ops/maxpool.py; this file adds only
-its CPU layout. VGG16's windows, 2x2 with stride 2 and no padding, take a vectorised row loop
-(maxpool_loops.h) with the same result; every other window the general loop below. Both kernels run with the GIL released, on the calling thread alone unless the caller
-passes parallel=True (minidet/ops/maxpool.py decides, by size, and says why). In
+its CPU layout. With vgg=True (VGG16's windows: 2x2, stride 2, no padding, as minidet/ops/maxpool.py
+decides) both kernels take vectorised row loops (maxpool_loops.h) with the same result; every other
+window takes the general loops below. Both kernels run with the GIL released, on the calling thread
+alone unless the caller passes parallel=True (minidet/ops/maxpool.py decides, by size, and says why). In
 parallel they share out the (image, channel) planes, one at a time (dynamic schedule:
 a thread that starts late on a busy machine finds its share taken over rather than
 waited for); in the backward a plane's overlapping windows add into that plane only,
@@ -57,17 +58,16 @@ cdef inline void unpool2x2_plane(const real* dy, const int* argmax, Py_ssize_t O
 
 
 def max_pool_forward(const real[:, :, :, ::1] x, int kh, int kw, int sh, int sw, int ph, int pw,
-                     real[:, :, :, ::1] y, int[:, :, :, ::1] argmax, bint parallel=False):
+                     real[:, :, :, ::1] y, int[:, :, :, ::1] argmax, bint parallel=False, bint vgg=False):
     """y[n, c, oh, ow] = max of x[n, c] over window (oh, ow); argmax its flat index in the plane.
 
     x (N, C, H, W); y and argmax (N, C, OH, OW), OH and OW chosen by the caller.
-    Every window must hold at least one input pixel.
+    Every window must hold at least one input pixel. vgg=True: the windows are 2x2, stride 2, no padding.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t plane, n, c, oh, ow, h, w, hs, he, ws, we, best_index
     cdef real best, v
-    cdef bint vgg = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
     with nogil:
         for plane in prange(N * C, schedule="dynamic", use_threads_if=parallel):
             n = plane // C

@@ -27,31 +27,28 @@
         at = take ? (offset) : at;                                                                \
     } while (0)
 
+/* The windows of a row that hold two columns: all of them but a last one-column window (width odd). */
+static inline Py_ssize_t minidet_two_column_windows(Py_ssize_t width, Py_ssize_t out_width) {
+    return width / 2 < out_width ? width / 2 : out_width;
+}
+
 #define MINIDET_POOL2(T)                                                                          \
 MINIDET_POOL_WIDEST static void pool2x2_row_##T(const T* restrict r0, const T* restrict r1,       \
                                                 Py_ssize_t width, Py_ssize_t out_width,           \
                                                 Py_ssize_t base, T* restrict y,                   \
                                                 int* restrict argmax) {                           \
-    const Py_ssize_t full = width / 2 < out_width ? width / 2 : out_width;                        \
+    const Py_ssize_t full = minidet_two_column_windows(width, out_width);                         \
     const int w = (int)width;                                                                     \
-    if (r1) {                                                                                     \
-        for (Py_ssize_t ow = 0; ow < full; ow++) {                                                \
-            T best = r0[2 * ow];                                                                  \
-            int at = 0;                                                                           \
-            MINIDET_TAKE(r0[2 * ow + 1], 1);                                                      \
+    for (Py_ssize_t ow = 0; ow < full; ow++) {   /* GCC unswitches the loop on r1 */              \
+        T best = r0[2 * ow];                                                                      \
+        int at = 0;                                                                               \
+        MINIDET_TAKE(r0[2 * ow + 1], 1);                                                          \
+        if (r1) {                                                                                 \
             MINIDET_TAKE(r1[2 * ow], w);                                                          \
             MINIDET_TAKE(r1[2 * ow + 1], w + 1);                                                  \
-            y[ow] = best;                                                                         \
-            argmax[ow] = (int)(base + 2 * ow) + at;                                               \
         }                                                                                         \
-    } else {                                                                                      \
-        for (Py_ssize_t ow = 0; ow < full; ow++) {                                                \
-            T best = r0[2 * ow];                                                                  \
-            int at = 0;                                                                           \
-            MINIDET_TAKE(r0[2 * ow + 1], 1);                                                      \
-            y[ow] = best;                                                                         \
-            argmax[ow] = (int)(base + 2 * ow) + at;                                               \
-        }                                                                                         \
+        y[ow] = best;                                                                             \
+        argmax[ow] = (int)(base + 2 * ow) + at;                                                   \
     }                                                                                             \
     if (full < out_width) {                 /* the last window holds one column (width odd) */    \
         T best = r0[2 * full];                                                                    \
@@ -67,7 +64,7 @@ MINIDET_POOL_WIDEST static void unpool2x2_row_##T(const T* restrict dy, const in
                                                   Py_ssize_t width, Py_ssize_t out_width,         \
                                                   Py_ssize_t base, T* restrict d0,                \
                                                   T* restrict d1) {                               \
-    const Py_ssize_t full = width / 2 < out_width ? width / 2 : out_width;                        \
+    const Py_ssize_t full = minidet_two_column_windows(width, out_width);                         \
     const int w = (int)width;                                                                     \
     for (Py_ssize_t ow = 0; ow < full; ow++) {                                                    \
         const int at = argmax[ow] - (int)(base + 2 * ow);                                         \

@@ -94,7 +94,7 @@ def max_pool_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     if xp is np:
         vgg = _vgg_windows(kernel_size, stride, padding)
         threshold = FORWARD_2X2_PARALLEL_MIN_SIZE if vgg else FORWARD_PARALLEL_MIN_SIZE
-        _cpu.max_pool_forward(x, *geometry, y, argmax, x.size >= threshold)
+        _cpu.max_pool_forward(x, *geometry, y, argmax, x.size >= threshold, vgg)
     else:
         i32 = np.int32
         launch(kernel("maxpool.cu", "max_pool_forward", scalar_name(x.dtype)), y.size,
