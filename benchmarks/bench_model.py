@@ -229,8 +229,8 @@ def gemm_rate(torch=None, sizes=(2048, 4096), repeat=2):
     return max(rates)
 
 
-def layer_flops(model, train):
-    """(flops of the fully connected layers, of the convolutions) of the model's last forward and,
+def layer_flops(model, train, rois):
+    """(flops of the fully connected layers, of the convolutions) of the model's last forward, on `rois` RoIs, and,
     train=True, of the backward after it: one pass forward, one for dW if the layer is trained, one
     for dx if a layer below needs it (the convolutions below fc6 are trained, so fc6's dx counts).
     A pass is 2 R in out flops for a Linear of weight (out, in) on R RoIs, and for a convolution the
@@ -243,7 +243,7 @@ def layer_flops(model, train):
     for _, layer in model.named_layers():
         if isinstance(layer, Linear):
             out, inp = layer.params["weight"].shape
-            kind, one = "fc", 2 * layer.x.shape[0] * out * inp
+            kind, one = "fc", 2 * rois * out * inp
         elif isinstance(layer, Conv2d):
             (n, c, h, w), f = layer.x_shape, layer.out_channels
             kind = "conv"
@@ -255,7 +255,7 @@ def layer_flops(model, train):
     return flops
 
 
-def arithmetic_floor(model, works, rate, torch_seconds):
+def arithmetic_floor(model, works, rate, torch_seconds, rois):
     """A floor under minidet's time for each workload: its GEMMs' flops (layer_flops) at the
     machine's best GEMM rate, the transforms, RoI pooling and all else free; as seconds and as a
     share of torch's whole workload. When the floor's share is above a target, no implementation of
@@ -263,7 +263,7 @@ def arithmetic_floor(model, works, rate, torch_seconds):
     floor = {"gemm_gflops": rate / 1e9}
     for work, fn in works.items():
         fn()
-        flops = layer_flops(model, train=work == "train_step")
+        flops = layer_flops(model, train=work == "train_step", rois=rois[work])
         seconds = {kind: value / rate for kind, value in flops.items()}
         entry = floor[work] = {"gflop": {kind: value / 1e9 for kind, value in flops.items()},
                                "seconds_at_gemm_rate": seconds}
@@ -346,7 +346,8 @@ def main(argv=None):
     print("the GEMMs' flops at the machine's GEMM rate ...", flush=True)
     results["arithmetic_floor"] = arithmetic_floor(
         model, {work: ours for work, (ours, _) in works.items()}, gemm_rate(torch),
-        {work: results[work]["torch"]["median_s"] for work in works if "torch" in results[work]})
+        {work: results[work]["torch"]["median_s"] for work in works if "torch" in results[work]},
+        {work: results[work]["rois"] for work in works})
     results["load_average_after"] = os.getloadavg()
 
     if args.profile:

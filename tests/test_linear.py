@@ -68,6 +68,22 @@ def test_linear_without_input_grad_returns_none_and_fills_grads(rng):
     assert check_layer(layer, x, wrt=())["weight"] < 1e-6
 
 
+def test_linear_keeps_its_input_in_training_only(rng):
+    layer = Linear(4, 3, dtype=np.float64, rng=rng)
+    x, dy = rng.standard_normal((2, 4)), rng.standard_normal((2, 3))
+    layer.eval().forward(x)
+    assert layer.x is None                       # a test forward keeps nothing for a weight gradient
+    with pytest.raises(RuntimeError, match="training mode"):
+        layer.backward(dy)
+    layer.frozen = True                          # frozen: dx alone, which needs only the weights
+    np.testing.assert_allclose(layer.backward(dy), dy @ layer.params["weight"])
+    layer.frozen = False
+    layer.train().forward(x)
+    assert layer.x is x
+    layer.backward(dy)
+    np.testing.assert_allclose(layer.grads["weight"], dy.T @ x)
+
+
 def test_linear_init_is_he_normal_with_zero_bias():
     layer = Linear(500, 400, rng=np.random.default_rng(0))
     w = layer.params["weight"]

@@ -1,5 +1,6 @@
 """RoI pooling against SPEC.md "RoI pooling", written out as plain loops, and against torchvision."""
 import math
+import weakref
 
 import numpy as np
 import pytest
@@ -286,6 +287,42 @@ def test_roi_pool_layer_keeps_what_its_backward_needs_and_passes_gradcheck():
     np.testing.assert_array_equal(layer.argmax, roi_pool(x, rois, (3, 2))[1])
     errors = check_layer(layer, x / x.size, rois)
     assert errors["input0"] < 1e-6 and layer.params == {} and layer.grads == {}
+
+
+def test_roi_pool_layer_writes_into_last_outputs_only_when_nothing_holds_them():
+    rng = np.random.default_rng(4)
+    x1, x2 = (rng.standard_normal((1, 3, 6, 8)).astype(np.float32) for _ in range(2))
+    rois = np.array([[0, 0, 0, 127, 95], [0, 20, 8, 90, 70]], np.float32)
+    layer = RoIPool((3, 2), 1 / 16)
+    held = layer.forward(x1, rois)
+    kept = held.copy()
+    view = layer.forward(x2, rois)[:, :1]        # the first result still held: a new array
+    assert not np.shares_memory(view, held)
+    np.testing.assert_array_equal(held, kept)
+    second = view.base
+    again = layer.forward(x1, rois)              # a view of the second held: a new one again
+    np.testing.assert_array_equal(view, roi_pool(x2, rois, (3, 2))[0][:, :1])
+    np.testing.assert_array_equal(again, kept)
+    third = weakref.ref(again)
+    del held, kept, again
+    reused = layer.forward(x2, rois)             # the third dropped: written into
+    assert reused is third()
+    np.testing.assert_array_equal(reused, roi_pool(x2, rois, (3, 2))[0])
+    np.testing.assert_array_equal(layer.argmax, roi_pool(x2, rois, (3, 2))[1])
+    np.testing.assert_array_equal(second[:, :1], view)
+    bigger = layer.forward(x2, np.concatenate([rois, rois]))   # another shape: a new array
+    np.testing.assert_array_equal(bigger, roi_pool(x2, np.concatenate([rois, rois]), (3, 2))[0])
+
+
+def test_roi_pool_refuses_out_arrays_of_the_wrong_shape_or_type():
+    x = np.zeros((1, 3, 6, 8), np.float32)
+    rois = np.array([[0, 0, 0, 127, 95]], np.float32)
+    good = np.empty((1, 3, 2, 2), np.float32), np.empty((1, 3, 2, 2), np.int32)
+    y, argmax = roi_pool(x, rois, (2, 2), out=good)
+    assert y is good[0] and argmax is good[1]
+    for bad in ((np.empty((1, 3, 2, 3), np.float32), good[1]), (good[0], np.empty((1, 3, 2, 2), np.int64))):
+        with pytest.raises(ValueError, match="C-contiguous"):
+            roi_pool(x, rois, (2, 2), out=bad)
 
 
 # ---- torchvision ---------------------------------------------------------------------------

@@ -11,8 +11,12 @@ State, not arguments, says how a layer runs (as Chainer's `config.train`):
     frozen            True: the backward computes no parameter gradient
     needs_input_grad  False: the backward computes no dL/dx and returns None (the lowest trained
                       layer of a network, and every frozen one below it)
-    training          set by train() / eval(); only layers that differ between the two read it (Dropout)
+    training          set by train() / eval(); only layers that differ between the two read it (Dropout;
+                      Conv2d and Linear, which keep their input for the weight gradient in training only)
 """
+import sys
+
+import numpy as np
 
 
 class Layer:
@@ -41,6 +45,24 @@ class Layer:
     def named_layers(self, name=""):
         """[(name, layer)] of the layers inside this one, in forward order: itself, for a single layer."""
         return [(name, self)]
+
+    def reusable_array(self, key, shape, dtype):
+        """A NumPy array of `shape` and `dtype` for this layer to write one of its outputs into: the
+        array it handed out under `key` last time, if nothing else refers to it any more, else a new one.
+
+        Why: a large new array is new pages, which the kernel maps and zeroes on first write. RoI
+        pooling's output and argmax at 1000 RoIs (2 x 100 MB) took four to six times the pooling
+        itself inside a test forward (docs/PERFORMANCE.md, "Fresh pages"). An array that a caller
+        still holds, or a view of it, is never written into: its reference count says so.
+        """
+        cache = self.__dict__.setdefault("_reusable", {})
+        array = cache.pop(key, None)
+        # A free array is referred to by `array` here and by getrefcount's own argument: 2.
+        if array is None or array.shape != tuple(shape) or array.dtype != dtype or sys.getrefcount(array) > 2:
+            array = None                  # let it go before its successor is allocated
+            array = np.empty(shape, dtype)
+        cache[key] = array
+        return array
 
 
 class Sequential(Layer):

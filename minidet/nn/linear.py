@@ -22,7 +22,7 @@ class Linear(Layer):
         self._dw = None
 
     def forward(self, x):
-        self.x = x                       # dW = dy^T x needs it
+        self.x = x if self.training and not self.frozen else None   # dW = dy^T x reads it; nothing else does
         with blas_threads(2 * x.shape[0] * self.params["weight"].size, get_array_module(x)):
             y = x @ self.params["weight"].T  # the one GEMM
         y += self.params["bias"]         # in place: no second (N, out) array
@@ -34,6 +34,9 @@ class Linear(Layer):
         with blas_threads(2 * dy.shape[0] * self.params["weight"].size, xp):
             if self.frozen:
                 self.grads = {}
+            elif self.x is None:
+                raise RuntimeError("Linear.backward needs a forward in training mode first (the input "
+                                   "is kept for the weight gradient only then)")
             else:
                 dw = xp.matmul(dy.T, self.x, out=self._weight_grad_buffer(xp))
                 self.grads = {"weight": dw, "bias": dy.sum(axis=0)}

@@ -1,4 +1,7 @@
 """RoI max pooling as a layer: Fast R-CNN's replacement for VGG16's pool5."""
+import numpy as np
+
+from minidet.backend import get_array_module
 from minidet.ops.roi_pool import roi_cells, roi_pool, roi_pool_backward
 from minidet.nn.layer import Layer
 
@@ -16,7 +19,12 @@ class RoIPool(Layer):
         self.spatial_scale = spatial_scale
 
     def forward(self, x, rois):
-        y, self.argmax = roi_pool(x, rois, self.output_size, self.spatial_scale)
+        self.argmax = None        # last call's: free for reuse unless a caller holds it
+        out = None
+        if get_array_module(x) is np:   # into last call's arrays if they are free (Layer.reusable_array)
+            shape = (len(rois), x.shape[1]) + self.output_size
+            out = self.reusable_array("y", shape, x.dtype), self.reusable_array("argmax", shape, np.int32)
+        y, self.argmax = roi_pool(x, rois, self.output_size, self.spatial_scale, out=out)
         self.rois = rois          # its batch index column routes each RoI's gradient to its image
         self.x_shape = x.shape
         return y

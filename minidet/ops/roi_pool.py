@@ -63,12 +63,13 @@ def roi_cells(rois, spatial_scale=1 / 16, dtype=np.float32):
     return xp.concatenate([rois[:, :1].astype(xp.int64), cells.astype(xp.int64)], axis=1)
 
 
-def roi_pool(x, rois, output_size=(7, 7), spatial_scale=1 / 16):
+def roi_pool(x, rois, output_size=(7, 7), spatial_scale=1 / 16, out=None):
     """Max-pool every RoI of `rois` over its image's feature map into a fixed PH x PW grid.
 
     x (N, C, H, W) float32|float64; rois (R, 5) = [batch_index, x1, y1, x2, y2] in image pixels
     (any float dtype; converted to x's dtype, in which the scaled corners are computed).
-    Returns y (R, C, PH, PW) of x's dtype and argmax (R, C, PH, PW) int32 (h * W + w, -1 for empty bins).
+    Returns y (R, C, PH, PW) of x's dtype and argmax (R, C, PH, PW) int32 (h * W + w, -1 for empty bins),
+    written into out = (y, argmax) when given (C-contiguous arrays of those shapes and types).
     """
     xp = get_array_module(x, rois)
     ph, pw = check_roi_inputs(x, rois, output_size)
@@ -76,10 +77,21 @@ def roi_pool(x, rois, output_size=(7, 7), spatial_scale=1 / 16):
     x = xp.ascontiguousarray(x)
     if xp is np:
         check_batch_index(rois[:, 0].astype(np.int64), x.shape[0])
-        return _roi_pool_cpu(x, rois, ph, pw, spatial_scale)
+        return _roi_pool_cpu(x, rois, ph, pw, spatial_scale, out)
     # No check on the GPU: reading the indices back would stall the device twice per call.
     # The kernel treats a RoI with an index outside [0, N) as empty (0, argmax -1) instead.
-    return _roi_pool_gpu(x, rois, ph, pw, spatial_scale)
+    return _roi_pool_gpu(x, rois, ph, pw, spatial_scale, out)
+
+
+def _outputs(xp, out, shape, dtype):
+    """(y, argmax) of `shape` to write: new arrays, or `out` after checking it."""
+    if out is None:
+        return xp.empty(shape, dtype=dtype), xp.empty(shape, dtype=np.int32)
+    for array, want, what in zip(out, (dtype, np.int32), ("y", "argmax")):
+        if tuple(array.shape) != tuple(shape) or array.dtype != want or not array.flags.c_contiguous:
+            raise ValueError(f"out's {what} must be a C-contiguous {tuple(shape)} {np.dtype(want)} "
+                             f"array, got {tuple(array.shape)} {array.dtype}")
+    return tuple(out)
 
 
 def roi_pool_backward(dy, argmax, x_shape, rois):
@@ -180,12 +192,11 @@ def nhwc_copy(x):
     return x_nhwc
 
 
-def _roi_pool_cpu(x, rois, ph, pw, spatial_scale):
+def _roi_pool_cpu(x, rois, ph, pw, spatial_scale, out):
     from minidet._ext import roi_pool as ext
 
     r, c = rois.shape[0], x.shape[1]
-    y = np.empty((r, c, ph, pw), dtype=x.dtype)
-    argmax = np.empty((r, c, ph, pw), dtype=np.int32)
+    y, argmax = _outputs(np, out, (r, c, ph, pw), x.dtype)
     ext.roi_pool_forward(nhwc_copy(x), rois, y.reshape(r, c, ph * pw), argmax.reshape(r, c, ph * pw),
                          ph, pw, float(spatial_scale))
     return y, argmax
@@ -215,14 +226,13 @@ def _roi_pool_backward_cpu(dy, argmax, x_shape, batch):
 # follows argmax exactly; the price is that a cell chosen by several bins sums their gradients in
 # no fixed order, so the GPU agrees with the CPU to rounding, not bit for bit.
 
-def _roi_pool_gpu(x, rois, ph, pw, spatial_scale):
+def _roi_pool_gpu(x, rois, ph, pw, spatial_scale, out):
     from minidet.ops.cuda import kernel, launch, scalar_name
 
     cp = require_cupy()
     n, c, h, w = x.shape
     r = rois.shape[0]
-    y = cp.empty((r, c, ph, pw), dtype=x.dtype)
-    argmax = cp.empty((r, c, ph, pw), dtype=cp.int32)
+    y, argmax = _outputs(cp, out, (r, c, ph, pw), x.dtype)
     kern = kernel("roi_pool.cu", "roi_pool_forward", scalar_name(x.dtype))
     launch(kern, y.size, (x, rois, np.int64(y.size), np.int32(n), np.int32(c), np.int32(h), np.int32(w),
                           np.int32(ph), np.int32(pw), x.dtype.type(spatial_scale), y, argmax))
